@@ -1,0 +1,304 @@
+//! The heavy ranker: an MLP (F -> H1 -> H2 -> 4 heads) predicting like, retweet, reply
+//! and negative feedback, combined with weights into one score.
+//!
+//! Scoring is batched: rows go through in blocks of [`BLOCK`], each weight row is read
+//! once per block, and the inner loop runs over output units (contiguous, so it
+//! vectorises). Every output is summed over its inputs in the same order whatever the
+//! batch or block, so a candidate gets the same bits on any shard. No allocation per
+//! candidate: callers keep a [`Scratch`].
+
+use super::file::{write, Reader};
+use super::light::check_feature_names;
+use super::{sigmoid, ModelError};
+use crate::features::{FEATURE_NAMES, NUM_FEATURES};
+use std::collections::HashMap;
+
+pub const HEADS: [&str; 4] = ["like", "retweet", "reply", "negative_feedback"];
+/// The published home-timeline weights for the heads.
+pub const DEFAULT_HEAD_WEIGHTS: [f32; 4] = [0.5, 1.0, 13.5, -74.0];
+const BLOCK: usize = 8;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeavyModel {
+    h1: usize,
+    h2: usize,
+    /// Input-major (transposed from the file's `[out, in]`): `w1[k * h1 + j]`.
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+    w3: Vec<f32>,
+    b3: [f32; 4],
+    pub head_weights: [f32; 4],
+}
+
+/// Reusable buffers for [`HeavyModel::score_batch`].
+#[derive(Default)]
+pub struct Scratch {
+    a1: Vec<f32>,
+    a2: Vec<f32>,
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// `out[r][j] = b[j] + sum_k x[r][k] * w[k][j]` for the rows of one block, then ReLU.
+#[inline]
+fn dense_relu(x: &[f32], rows: usize, n_in: usize, w: &[f32], b: &[f32], out: &mut [f32]) {
+    let n_out = b.len();
+    for r in 0..rows {
+        out[r * n_out..(r + 1) * n_out].copy_from_slice(b);
+    }
+    for k in 0..n_in {
+        let wk = &w[k * n_out..(k + 1) * n_out];
+        for r in 0..rows {
+            let xv = x[r * n_in + k];
+            let o = &mut out[r * n_out..(r + 1) * n_out];
+            for (oj, wj) in o.iter_mut().zip(wk) {
+                *oj += xv * wj;
+            }
+        }
+    }
+    for v in &mut out[..rows * n_out] {
+        *v = v.max(0.0);
+    }
+}
+
+impl HeavyModel {
+    /// Builds a model from `[out, in]` matrices, as stored in files.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_layers(
+        h1: usize,
+        h2: usize,
+        w1: &[f32],
+        b1: &[f32],
+        w2: &[f32],
+        b2: &[f32],
+        w3: &[f32],
+        b3: [f32; 4],
+        head_weights: [f32; 4],
+    ) -> Self {
+        assert_eq!(w1.len(), h1 * NUM_FEATURES);
+        assert_eq!(w2.len(), h2 * h1);
+        assert_eq!(w3.len(), 4 * h2);
+        HeavyModel {
+            h1,
+            h2,
+            w1: transpose(w1, h1, NUM_FEATURES),
+            b1: b1.to_vec(),
+            w2: transpose(w2, h2, h1),
+            b2: b2.to_vec(),
+            w3: transpose(w3, 4, h2),
+            b3,
+            head_weights,
+        }
+    }
+
+    pub fn hidden(&self) -> (usize, usize) {
+        (self.h1, self.h2)
+    }
+
+    /// The four head probabilities of one feature vector (unbatched; for tests and
+    /// explanations).
+    pub fn heads(&self, x: &[f32; NUM_FEATURES]) -> [f32; 4] {
+        let mut s = Scratch::default();
+        let mut logits = [[0.0f32; 4]; 1];
+        self.forward_block(x, 1, &mut s, &mut logits);
+        logits[0].map(sigmoid)
+    }
+
+    /// Scores `xs` (a row of NUM_FEATURES per candidate) into `out`.
+    pub fn score_batch(&self, xs: &[[f32; NUM_FEATURES]], out: &mut [f32], scratch: &mut Scratch) {
+        assert_eq!(xs.len(), out.len());
+        let mut logits = [[0.0f32; 4]; BLOCK];
+        for (xb, ob) in xs.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+            let rows = xb.len();
+            self.forward_block(xb.as_flattened(), rows, scratch, &mut logits);
+            for (o, l) in ob.iter_mut().zip(&logits[..rows]) {
+                let mut s = 0.0f32;
+                for h in 0..4 {
+                    s += self.head_weights[h] * sigmoid(l[h]);
+                }
+                *o = s;
+            }
+        }
+    }
+
+    fn forward_block(&self, x: &[f32], rows: usize, s: &mut Scratch, logits: &mut [[f32; 4]]) {
+        s.a1.resize(BLOCK * self.h1, 0.0);
+        s.a2.resize(BLOCK * self.h2, 0.0);
+        dense_relu(x, rows, NUM_FEATURES, &self.w1, &self.b1, &mut s.a1);
+        dense_relu(&s.a1, rows, self.h1, &self.w2, &self.b2, &mut s.a2);
+        for (r, l) in logits.iter_mut().enumerate().take(rows) {
+            *l = self.b3;
+            let a = &s.a2[r * self.h2..(r + 1) * self.h2];
+            for (k, &av) in a.iter().enumerate() {
+                let wk = &self.w3[k * 4..k * 4 + 4];
+                for h in 0..4 {
+                    l[h] += av * wk[h];
+                }
+            }
+        }
+    }
+
+    pub fn from_safetensors(bytes: &[u8], path: &str) -> Result<Self, ModelError> {
+        let r = Reader::new(bytes, path)?;
+        check_feature_names(&r, path)?;
+        let (w1, s1) = r.f32s("layer1.weight", &[None, Some(NUM_FEATURES)])?;
+        let h1 = s1[0];
+        let (b1, _) = r.f32s("layer1.bias", &[Some(h1)])?;
+        let (w2, s2) = r.f32s("layer2.weight", &[None, Some(h1)])?;
+        let h2 = s2[0];
+        let (b2, _) = r.f32s("layer2.bias", &[Some(h2)])?;
+        let (w3, _) = r.f32s("heads.weight", &[Some(4), Some(h2)])?;
+        let (b3, _) = r.f32s("heads.bias", &[Some(4)])?;
+        let (hw, _) = r.f32s("head_weights", &[Some(4)])?;
+        let four = |v: &[f32]| [v[0], v[1], v[2], v[3]];
+        Ok(HeavyModel::from_layers(
+            h1,
+            h2,
+            &w1,
+            &b1,
+            &w2,
+            &b2,
+            &w3,
+            four(&b3),
+            four(&hw),
+        ))
+    }
+
+    pub fn to_safetensors(&self) -> Vec<u8> {
+        let (h1, h2) = (self.h1, self.h2);
+        let w1 = transpose(&self.w1, NUM_FEATURES, h1);
+        let w2 = transpose(&self.w2, h1, h2);
+        let w3 = transpose(&self.w3, h2, 4);
+        let meta = HashMap::from([
+            ("model".to_string(), "shardrank.heavy.v1".to_string()),
+            ("features".to_string(), FEATURE_NAMES.join(",")),
+            ("heads".to_string(), HEADS.join(",")),
+        ]);
+        write(
+            &[
+                ("layer1.weight", vec![h1, NUM_FEATURES], &w1),
+                ("layer1.bias", vec![h1], &self.b1),
+                ("layer2.weight", vec![h2, h1], &w2),
+                ("layer2.bias", vec![h2], &self.b2),
+                ("heads.weight", vec![4, h2], &w3),
+                ("heads.bias", vec![4], &self.b3),
+                ("head_weights", vec![4], &self.head_weights),
+            ],
+            meta,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A plain, obviously-correct forward pass over the `[out, in]` file layout.
+    fn reference(m: &HeavyModel, x: &[f32; NUM_FEATURES]) -> f64 {
+        let bytes = m.to_safetensors();
+        let r = Reader::new(&bytes, "ref").unwrap();
+        let get = |n: &str| {
+            r.f32s(n, &[None; 2][..if n.ends_with("weight") { 2 } else { 1 }])
+                .unwrap()
+                .0
+        };
+        let layer = |w: &[f32], b: &[f32], input: &[f64], relu: bool| -> Vec<f64> {
+            (0..b.len())
+                .map(|j| {
+                    let z = b[j] as f64
+                        + (0..input.len())
+                            .map(|k| w[j * input.len() + k] as f64 * input[k])
+                            .sum::<f64>();
+                    if relu {
+                        z.max(0.0)
+                    } else {
+                        z
+                    }
+                })
+                .collect()
+        };
+        let a0: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let a1 = layer(&get("layer1.weight"), &get("layer1.bias"), &a0, true);
+        let a2 = layer(&get("layer2.weight"), &get("layer2.bias"), &a1, true);
+        let l = layer(&get("heads.weight"), &get("heads.bias"), &a2, false);
+        let hw = get("head_weights");
+        (0..4).map(|h| hw[h] as f64 / (1.0 + (-l[h]).exp())).sum()
+    }
+
+    fn rows(n: usize, seed: u64) -> Vec<[f32; NUM_FEATURES]> {
+        let mut r = Rng::new(seed);
+        (0..n)
+            .map(|_| std::array::from_fn(|_| (r.f64() * 4.0 - 1.0) as f32))
+            .collect()
+    }
+
+    #[test]
+    fn batched_scores_match_an_independent_forward_pass() {
+        let m = super::super::defaults::heavy();
+        let xs = rows(37, 1);
+        let mut out = vec![0.0; xs.len()];
+        m.score_batch(&xs, &mut out, &mut Scratch::default());
+        for (x, &got) in xs.iter().zip(&out) {
+            let want = reference(&m, x);
+            assert!(
+                (got as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                "got {got} want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_candidate_scores_the_same_bits_in_any_batch() {
+        let m = super::super::defaults::heavy();
+        let xs = rows(50, 2);
+        let mut all = vec![0.0; 50];
+        m.score_batch(&xs, &mut all, &mut Scratch::default());
+        for start in [0usize, 3, 17, 49] {
+            let mut one = vec![0.0; 50 - start];
+            m.score_batch(&xs[start..], &mut one, &mut Scratch::default());
+            for (a, b) in all[start..].iter().zip(&one) {
+                assert_eq!(a.to_bits(), b.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn file_round_trip_and_wrong_shape() {
+        let m = super::super::defaults::heavy();
+        let back = HeavyModel::from_safetensors(&m.to_safetensors(), "h").unwrap();
+        assert_eq!(back, m);
+
+        // layer2 expecting 32 inputs while layer1 has 64 units.
+        let h1 = 64;
+        let w1 = vec![0.0; h1 * NUM_FEATURES];
+        let w2 = vec![0.0; 64 * 32];
+        let bytes = write(
+            &[
+                ("layer1.weight", vec![h1, NUM_FEATURES], &w1),
+                ("layer1.bias", vec![h1], &vec![0.0; h1]),
+                ("layer2.weight", vec![64, 32], &w2),
+            ],
+            HashMap::new(),
+        );
+        let err = HeavyModel::from_safetensors(&bytes, "models/heavy.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`layer2.weight`") && err.contains("[64, 32]") && err.contains("[*, 64]"),
+            "{err}"
+        );
+        assert!(err.contains("models/heavy.safetensors"), "{err}");
+    }
+}

@@ -1,0 +1,90 @@
+//! Which shard owns an id: `int(md5(str(id))) mod N`.
+//!
+//! The digest of the id's decimal string is read as one big-endian u128, exactly like
+//! Python's `int(hashlib.md5(str(id).encode()).hexdigest(), 16) % n`, so any outside
+//! tool can route the same way. No heap allocation: the decimal string is written into
+//! a stack buffer.
+
+use md5::{Digest, Md5};
+
+/// The shard (0..num_shards) that owns `id`.
+#[inline]
+pub fn shard_of(id: u64, num_shards: u32) -> u32 {
+    debug_assert!(num_shards > 0);
+    if num_shards == 1 {
+        return 0;
+    }
+    (digest_u128(id) % num_shards as u128) as u32
+}
+
+/// The MD5 digest of the decimal string of `id`, as a big-endian integer.
+#[inline]
+pub fn digest_u128(id: u64) -> u128 {
+    let mut buf = itoa::Buffer::new();
+    let s = buf.format(id);
+    let digest = Md5::digest(s.as_bytes());
+    u128::from_be_bytes(digest.into())
+}
+
+/// Splits `ids` by owning shard, keeping each shard's ids in request order.
+pub fn partition(ids: &[u64], num_shards: u32) -> Vec<Vec<u64>> {
+    let n = num_shards as usize;
+    // One allocation per shard, sized for an even spread plus slack.
+    let cap = ids.len() / n + ids.len() / (4 * n) + 16;
+    let mut parts: Vec<Vec<u64>> = (0..n).map(|_| Vec::with_capacity(cap)).collect();
+    for &id in ids {
+        parts[shard_of(id, num_shards) as usize].push(id);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Computed with Python: `int(hashlib.md5(str(i).encode()).hexdigest(), 16) % n`.
+    #[test]
+    fn matches_python_vectors() {
+        // (id, digest, id%2, id%3, id%4, id%7, id%16)
+        let vectors: &[(u64, u128, [u32; 5])] = &[
+            (0, 0xcfcd208495d565ef66e7dff9f98764da, [0, 1, 2, 0, 10]),
+            (1, 0xc4ca4238a0b923820dcc509a6f75849b, [1, 1, 3, 2, 11]),
+            (7, 0x8f14e45fceea167a5a36dedd4bea2543, [1, 0, 3, 5, 3]),
+            (42, 0xa1d0c6e83f027327d8461063f4ac58a6, [0, 1, 2, 0, 6]),
+            (100000, 0x14ee22eaba297944c96afdbe5b16c65b, [1, 0, 3, 2, 11]),
+            (
+                1234567890123456789,
+                0xd7cce89c9208b38edde414c3eb02e19b,
+                [1, 1, 3, 1, 11],
+            ),
+            (
+                u64::MAX,
+                0x7e7825a3d8588a756abd0ce2ed07e121,
+                [1, 0, 1, 1, 1],
+            ),
+        ];
+        for &(id, digest, mods) in vectors {
+            assert_eq!(digest_u128(id), digest, "digest of {id}");
+            for (n, want) in [2u32, 3, 4, 7, 16].into_iter().zip(mods) {
+                assert_eq!(shard_of(id, n), want, "shard_of({id}, {n})");
+            }
+            assert_eq!(shard_of(id, 1), 0);
+        }
+    }
+
+    #[test]
+    fn partition_keeps_every_id_on_its_shard() {
+        let ids: Vec<u64> = (0..10_000u64).map(|i| i * 7919 + 3).collect();
+        let parts = partition(&ids, 4);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), ids.len());
+        for (s, part) in parts.iter().enumerate() {
+            assert!(part.iter().all(|&id| shard_of(id, 4) == s as u32));
+            // An even spread: each shard within 10% of a quarter.
+            assert!(
+                (2250..2750).contains(&part.len()),
+                "shard {s}: {}",
+                part.len()
+            );
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The one rank order every stage uses, and bounded top-m selection.
+//!
+//! Order: score descending, then id ascending. Ids are unique, so the order is total and
+//! the answer is the same whichever shard or chunk a candidate went through.
+
+use std::cmp::Ordering;
+
+/// Something with a score and an id.
+pub trait Ranked {
+    fn score(&self) -> f32;
+    fn id(&self) -> u64;
+}
+
+/// Rank order: `Less` means `a` comes first (higher score, or same score and lower id).
+#[inline]
+pub fn rank_cmp(a_score: f32, a_id: u64, b_score: f32, b_id: u64) -> Ordering {
+    b_score.total_cmp(&a_score).then(a_id.cmp(&b_id))
+}
+
+#[inline]
+pub fn cmp<T: Ranked>(a: &T, b: &T) -> Ordering {
+    rank_cmp(a.score(), a.id(), b.score(), b.id())
+}
+
+/// Keeps the best `m` of `v`, sorted in rank order. O(n + m log m): a selection, then a
+/// sort of the kept part only, never a sort of everything.
+pub fn keep_top<T: Ranked>(v: &mut Vec<T>, m: usize) {
+    if m == 0 {
+        v.clear();
+        return;
+    }
+    if v.len() > m {
+        v.select_nth_unstable_by(m - 1, cmp);
+        v.truncate(m);
+    }
+    v.sort_unstable_by(cmp);
+}
+
+/// Merges lists that are each sorted in rank order into their best `m`, sorted.
+pub fn merge_top<T: Ranked + Clone>(lists: &[Vec<T>], m: usize) -> Vec<T> {
+    let mut all: Vec<T> = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    for l in lists {
+        all.extend_from_slice(l);
+    }
+    keep_top(&mut all, m);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct S(f32, u64);
+    impl Ranked for S {
+        fn score(&self) -> f32 {
+            self.0
+        }
+        fn id(&self) -> u64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn ties_break_by_id() {
+        let mut v = vec![S(1.0, 9), S(2.0, 5), S(1.0, 3), S(2.0, 4)];
+        keep_top(&mut v, 3);
+        assert_eq!(v, vec![S(2.0, 4), S(2.0, 5), S(1.0, 3)]);
+    }
+
+    #[test]
+    fn keep_top_equals_full_sort_prefix() {
+        let mut r = Rng::new(3);
+        for n in [0usize, 1, 5, 100, 1000] {
+            for m in [0usize, 1, 7, 100, 2000] {
+                // Coarse scores so that ties happen.
+                let v: Vec<S> = (0..n)
+                    .map(|i| S((r.below(20)) as f32, i as u64 * 13 % 1009))
+                    .collect();
+                let mut full = v.clone();
+                full.sort_by(cmp);
+                full.truncate(m);
+                let mut top = v.clone();
+                keep_top(&mut top, m);
+                assert_eq!(top, full, "n={n} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn merge_of_sorted_parts_equals_top_of_whole() {
+        let mut r = Rng::new(5);
+        let whole: Vec<S> = (0..3000).map(|i| S(r.f64() as f32, i)).collect();
+        let mut parts: Vec<Vec<S>> = vec![Vec::new(); 4];
+        for s in &whole {
+            parts[(s.1 % 4) as usize].push(s.clone());
+        }
+        for p in &mut parts {
+            keep_top(p, 200);
+        }
+        let mut want = whole.clone();
+        keep_top(&mut want, 200);
+        assert_eq!(merge_top(&parts, 200), want);
+    }
+}
