@@ -15,5 +15,6 @@ pub mod features;
 pub mod lang;
 pub mod model;
 pub mod rng;
+pub mod source;
 pub mod routing;
 pub mod topk;

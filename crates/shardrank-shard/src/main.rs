@@ -1,1 +1,136 @@
-fn main() {}
+//! `shardrank-shard`: checks its flags and models, binds, loads its partition (health
+//! NOT_SERVING until then), serves, and drains on SIGTERM.
+
+use clap::Parser;
+use shardrank_core::model::Models;
+use shardrank_proto::serving;
+use shardrank_proto::v1::shard_server::ShardServer;
+use shardrank_shard::config::ShardConfig;
+use shardrank_shard::ingest;
+use shardrank_shard::service::{ShardService, ShardState};
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("shardrank-shard: error: {msg}");
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cfg = ShardConfig::parse();
+    serving::init_tracing();
+    if let Err(e) = cfg.validate() {
+        return fail(e);
+    }
+    let source = match cfg.data.source() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let models = match &cfg.model_dir {
+        Some(dir) => match Models::load_dir(dir) {
+            Ok(m) => m,
+            Err(e) => return fail(format!("--model-dir: {e}")),
+        },
+        None => Models::builtin(),
+    };
+    if cfg.check_config {
+        println!(
+            "shardrank-shard: configuration ok: shard {} of {}, {}, models {}",
+            cfg.shard_index,
+            cfg.num_shards,
+            source.describe(),
+            cfg.model_dir.as_ref().map_or("built-in".to_string(), |d| d.display().to_string())
+        );
+        return ExitCode::SUCCESS;
+    }
+    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
+    };
+    let state = Arc::new(ShardState {
+        index: cfg.shard_index,
+        num_shards: cfg.num_shards,
+        models,
+        source: source.describe(),
+        store: OnceLock::new(),
+    });
+    let (health, health_service) = serving::health(shardrank_proto::SHARD_SERVICE).await;
+    let (reflection_v1, reflection_v1alpha) = serving::reflection();
+    tracing::info!(listen = %cfg.listen, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), "shard starting: loading partition");
+
+    // Load in the background: the port answers health checks (NOT_SERVING) meanwhile.
+    let (load_done_tx, load_done) = tokio::sync::oneshot::channel();
+    {
+        let state = state.clone();
+        let health = health.clone();
+        let (index, n) = (cfg.shard_index, cfg.num_shards);
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let res = tokio::task::spawn_blocking(move || ingest::load(&source, index, n)).await;
+            match res {
+                Ok(Ok(store)) => {
+                    tracing::info!(
+                        posts = store.len(),
+                        authors = store.authors.len(),
+                        events = store.stats.events,
+                        bytes_per_post = store.post_bytes() as f64 / store.len().max(1) as f64,
+                        watermark_ms = store.watermark_ms,
+                        secs = t0.elapsed().as_secs_f64(),
+                        "partition loaded: serving"
+                    );
+                    let _ = state.store.set(RwLock::new(store));
+                    health.set(true).await;
+                    let _ = load_done_tx.send(Ok(()));
+                }
+                Ok(Err(e)) => {
+                    let _ = load_done_tx.send(Err(e.to_string()));
+                }
+                Err(e) => {
+                    let _ = load_done_tx.send(Err(format!("loading task failed: {e}")));
+                }
+            }
+        });
+    }
+    // A load that fails stops the process with the reason (a bad events line, say).
+    let load_failed = async {
+        match load_done.await {
+            Ok(Err(e)) => e,
+            _ => std::future::pending().await,
+        }
+    };
+
+    let service = ShardServer::new(ShardService { state })
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream_listener(listener),
+            async {
+                serving::shutdown_signal().await;
+                health.set(false).await;
+            },
+        );
+    tokio::select! {
+        res = server => match res {
+            Ok(()) => {
+                tracing::info!("shard stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("server: {e}")),
+        },
+        e = load_failed => fail(format!("loading the partition: {e}")),
+    }
+}
+
+fn tokio_stream_listener(
+    l: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
+}

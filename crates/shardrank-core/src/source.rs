@@ -1,0 +1,84 @@
+//! Where a process gets its events at start-up: the built-in generator or a file. Both
+//! binaries take the same flags, so the coordinator and the shards always read the
+//! same stream.
+
+use crate::corpus::{generate, CorpusSpec, DEFAULT_SEED};
+use crate::events::{read_events, Event, EventError};
+use std::path::PathBuf;
+
+/// The data flags shared by `shardrank-shard` and `shardrank-coordinator`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Built-in corpus to generate at start-up: `standard` (100,000 users, 1,000,000
+    /// tweets) or `tiny` (1,000 users, 10,000 tweets). Ignored with --events.
+    #[arg(long, default_value = "standard", value_parser = clap::builder::PossibleValuesParser::new(CorpusSpec::NAMES))]
+    pub corpus: String,
+    /// Seed of the built-in corpus; the same seed gives the same corpus on every process.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub corpus_seed: u64,
+    /// Load events from this JSON-lines file (see `shardrank gen`) instead of generating
+    /// a corpus.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Source {
+    Corpus(CorpusSpec),
+    File(PathBuf),
+}
+
+impl DataArgs {
+    /// The source these flags name; a file must exist and be readable.
+    pub fn source(&self) -> Result<Source, String> {
+        match &self.events {
+            Some(path) => {
+                std::fs::File::open(path).map_err(|e| format!("--events {}: {e}", path.display()))?;
+                Ok(Source::File(path.clone()))
+            }
+            None => CorpusSpec::named(&self.corpus, self.corpus_seed)
+                .map(Source::Corpus)
+                .ok_or_else(|| format!("--corpus {:?}: expected one of {:?}", self.corpus, CorpusSpec::NAMES)),
+        }
+    }
+}
+
+impl Source {
+    /// Feeds every event to `apply`, in stream order; returns the count.
+    pub fn for_each(&self, mut apply: impl FnMut(Event)) -> Result<u64, EventError> {
+        match self {
+            Source::Corpus(spec) => {
+                let mut n = 0u64;
+                generate(spec, |e| {
+                    n += 1;
+                    apply(e)
+                });
+                Ok(n)
+            }
+            Source::File(path) => {
+                let f = std::fs::File::open(path)?;
+                read_events(std::io::BufReader::with_capacity(1 << 20, f), apply).map_err(|e| match e {
+                    EventError::Malformed { line, msg } => {
+                        EventError::Malformed { line, msg: format!("{}: {msg}", path.display()) }
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// A rough count of tweets, to size the store before loading.
+    pub fn expected_tweets(&self) -> Option<u64> {
+        match self {
+            Source::Corpus(spec) => Some(spec.tweets),
+            Source::File(_) => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Corpus(spec) => format!("corpus {} (seed {})", spec.name, spec.seed),
+            Source::File(path) => format!("events file {}", path.display()),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The shard's command line. Flag names are a contract: manifests and tests use them.
+
+use clap::Parser;
+use shardrank_core::source::DataArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A shardrank shard worker: owns partition --shard-index of --num-shards (posts whose
+/// md5(id) mod N is the index) and ranks candidates in it over gRPC.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "shardrank-shard", version)]
+pub struct ShardConfig {
+    /// Address to serve gRPC on (shardrank.v1.Shard, grpc.health.v1, reflection).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+    /// This shard's partition index, in 0..--num-shards.
+    #[arg(long, default_value_t = 0)]
+    pub shard_index: u32,
+    /// How many partitions the cluster has; must match the coordinator's shard list.
+    #[arg(long, default_value_t = 1)]
+    pub num_shards: u32,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Directory with light.safetensors and heavy.safetensors; the built-in default
+    /// models when absent.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Largest gRPC message accepted, in bytes (a request of N ids is about 8N bytes).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    /// Parse and check the flags and the model files, print the configuration, and exit
+    /// without loading data or binding the port.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl ShardConfig {
+    /// Checks what clap cannot: relations between flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_shards == 0 {
+            return Err("--num-shards must be at least 1".into());
+        }
+        if self.shard_index >= self.num_shards {
+            return Err(format!(
+                "--shard-index {} must be less than --num-shards {}",
+                self.shard_index, self.num_shards
+            ));
+        }
+        Ok(())
+    }
+}

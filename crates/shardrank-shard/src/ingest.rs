@@ -1,0 +1,17 @@
+//! Builds the partition from the start-up event source. Live streams (Kafka, the live
+//! generator) feed the same `PostStore::apply`.
+
+use crate::store::PostStore;
+use shardrank_core::events::EventError;
+use shardrank_core::source::Source;
+
+/// Loads a new store for partition `index` of `num_shards` from `source`.
+pub fn load(source: &Source, index: u32, num_shards: u32) -> Result<PostStore, EventError> {
+    let mut store = PostStore::new(index, num_shards);
+    if let Some(tweets) = source.expected_tweets() {
+        // An even md5 spread plus slack, so the columns are allocated once.
+        store.reserve((tweets / num_shards as u64 + tweets / (20 * num_shards as u64) + 64) as usize);
+    }
+    source.for_each(|e| store.apply(&e))?;
+    Ok(store)
+}

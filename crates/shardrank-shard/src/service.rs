@@ -1,0 +1,121 @@
+//! The gRPC face of a shard: checks that a request was routed for this partition
+//! layout, then runs [`crate::rank`] off the async runtime.
+
+use crate::error::ShardError;
+use crate::rank::{rank, RankParams, RequestUser};
+use crate::store::PostStore;
+use shardrank_core::features::UserView;
+use shardrank_core::lang;
+use shardrank_core::model::Models;
+use shardrank_proto::v1::shard_server::Shard;
+use shardrank_proto::v1::{ShardInfoRequest, ShardInfoResponse, ShardRankRequest, ShardRankResponse, UserContext};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Everything a request reads. The store is set once loaded; live ingestion takes the
+/// write lock briefly to apply a batch.
+pub struct ShardState {
+    pub index: u32,
+    pub num_shards: u32,
+    pub models: Models,
+    pub source: String,
+    pub store: OnceLock<RwLock<PostStore>>,
+}
+
+#[derive(Clone)]
+pub struct ShardService {
+    pub state: Arc<ShardState>,
+}
+
+fn user_view(ctx: &UserContext) -> Result<UserView, ShardError> {
+    if ctx.interest_clusters.len() != ctx.interest_weights.len() {
+        return Err(ShardError::InvalidArgument(format!(
+            "user context has {} interest clusters but {} weights",
+            ctx.interest_clusters.len(),
+            ctx.interest_weights.len()
+        )));
+    }
+    let lang = lang::parse(&ctx.lang).map_err(|e| ShardError::InvalidArgument(format!("user context: {e}")))?;
+    let mut interests: Vec<(u32, f32)> =
+        ctx.interest_clusters.iter().copied().zip(ctx.interest_weights.iter().copied()).collect();
+    interests.sort_unstable_by_key(|&(c, _)| c);
+    Ok(UserView { known: ctx.known, lang, interests })
+}
+
+impl ShardService {
+    fn check_layout(&self, index: u32, shards: u32) -> Result<(), ShardError> {
+        if index != self.state.index || shards != self.state.num_shards {
+            return Err(ShardError::Layout {
+                got_index: index,
+                got_shards: shards,
+                index: self.state.index,
+                num_shards: self.state.num_shards,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Shard for ShardService {
+    async fn rank(&self, request: Request<ShardRankRequest>) -> Result<Response<ShardRankResponse>, Status> {
+        let t0 = Instant::now();
+        let req = request.into_inner();
+        self.check_layout(req.shard_index, req.num_shards)?;
+        if self.state.store.get().is_none() {
+            return Err(ShardError::Loading { index: self.state.index }.into());
+        }
+        let ctx = req.user.unwrap_or_default();
+        let view = user_view(&ctx)?;
+        let state = self.state.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let store = state.store.get().expect("checked above").read().unwrap_or_else(|p| p.into_inner());
+            let user = RequestUser::new(&store, view, &ctx.followees, &ctx.excluded_authors);
+            let params = RankParams {
+                ids: &req.candidate_ids,
+                now_ms: req.now_ms,
+                skip: req.heavy_skip as usize,
+                count: req.heavy_count as usize,
+            };
+            let out = rank(&store, &state.models, &user, &params);
+            let authors: Vec<u64> =
+                out.items.iter().map(|(c, _)| store.authors.ids[store.author[c.row as usize] as usize]).collect();
+            (out, authors)
+        })
+        .await
+        .map_err(|e| ShardError::Internal(format!("ranking task failed: {e}")))?;
+        let (out, author_ids) = out;
+        Ok(Response::new(ShardRankResponse {
+            ids: out.items.iter().map(|(c, _)| c.id).collect(),
+            author_ids,
+            light_scores: out.items.iter().map(|(c, _)| c.light).collect(),
+            heavy_scores: out.items.iter().map(|&(_, h)| h).collect(),
+            eligible: out.eligible as u32,
+            unknown: out.unknown as u32,
+            excluded: out.excluded as u32,
+            light_ms: out.light_ms,
+            heavy_ms: out.heavy_ms,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        }))
+    }
+
+    async fn info(&self, _: Request<ShardInfoRequest>) -> Result<Response<ShardInfoResponse>, Status> {
+        let s = &self.state;
+        let (posts, watermark_ms) = match s.store.get() {
+            Some(store) => {
+                let st = store.read().unwrap_or_else(|p| p.into_inner());
+                (st.len() as u64, st.watermark_ms)
+            }
+            None => (0, 0),
+        };
+        Ok(Response::new(ShardInfoResponse {
+            shard_index: s.index,
+            num_shards: s.num_shards,
+            posts,
+            watermark_ms,
+            ready: s.store.get().is_some(),
+            corpus: s.source.clone(),
+        }))
+    }
+}

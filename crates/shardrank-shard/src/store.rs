@@ -1,0 +1,345 @@
+//! The partition's post store: columnar arrays indexed by row, an id-to-row hash index,
+//! and the author table the features read.
+//!
+//! Columns rather than a map of heap objects: about 50 bytes per post plus the index,
+//! one allocation per column, and a scan touches only the columns it reads. Authors are
+//! kept for every user the shard hears of (not only its partition's), so author
+//! features are global and identical on every shard.
+
+use shardrank_core::events::{EngagementKind, Event, NewTweet, SocialKind};
+use shardrank_core::features::PostView;
+use shardrank_core::lang::Lang;
+use shardrank_core::rng::mix64;
+use shardrank_core::routing::shard_of;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a u64 id with the SplitMix64 finaliser: ids such as snowflakes have
+/// structured bits, and the index needs all of them mixed.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix64(self.0 ^ b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix64(v);
+    }
+}
+
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+const FLAG_MEDIA: u8 = 1;
+const FLAG_REPLY: u8 = 2;
+
+/// Users as authors: what the author features need.
+#[derive(Default)]
+pub struct Authors {
+    index: IdMap<u32>,
+    pub ids: Vec<u64>,
+    pub followers: Vec<u32>,
+    pub posts: Vec<u32>,
+    pub cluster: Vec<u32>,
+    pub lang: Vec<Lang>,
+}
+
+impl Authors {
+    pub fn get(&self, id: u64) -> Option<u32> {
+        self.index.get(&id).copied()
+    }
+
+    fn get_or_insert(&mut self, id: u64) -> u32 {
+        if let Some(&i) = self.index.get(&id) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.index.insert(id, i);
+        self.ids.push(id);
+        self.followers.push(0);
+        self.posts.push(0);
+        self.cluster.push(0);
+        self.lang.push(0);
+        i
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Counts of what ingestion did, for logs and tests.
+#[derive(Default, Clone, Debug, PartialEq)]
+pub struct IngestStats {
+    pub events: u64,
+    pub posts_added: u64,
+    pub duplicate_posts: u64,
+    pub engagements_applied: u64,
+    /// Engagements with a tweet this shard owns but has not seen (yet).
+    pub orphan_engagements: u64,
+}
+
+pub struct PostStore {
+    pub shard_index: u32,
+    pub num_shards: u32,
+    index: IdMap<u32>,
+    pub ids: Vec<u64>,
+    pub author: Vec<u32>,
+    pub created_at: Vec<i64>,
+    pub lang: Vec<Lang>,
+    flags: Vec<u8>,
+    pub text_len: Vec<u16>,
+    pub likes: Vec<u32>,
+    pub retweets: Vec<u32>,
+    pub replies: Vec<u32>,
+    pub streamed: Vec<u32>,
+    pub authors: Authors,
+    /// Newest event time applied.
+    pub watermark_ms: i64,
+    pub stats: IngestStats,
+}
+
+impl PostStore {
+    pub fn new(shard_index: u32, num_shards: u32) -> Self {
+        PostStore {
+            shard_index,
+            num_shards,
+            index: IdMap::default(),
+            ids: Vec::new(),
+            author: Vec::new(),
+            created_at: Vec::new(),
+            lang: Vec::new(),
+            flags: Vec::new(),
+            text_len: Vec::new(),
+            likes: Vec::new(),
+            retweets: Vec::new(),
+            replies: Vec::new(),
+            streamed: Vec::new(),
+            authors: Authors::default(),
+            watermark_ms: 0,
+            stats: IngestStats::default(),
+        }
+    }
+
+    /// Reserves room for about `posts` posts of this partition.
+    pub fn reserve(&mut self, posts: usize) {
+        self.index.reserve(posts);
+        self.ids.reserve(posts);
+        self.author.reserve(posts);
+        self.created_at.reserve(posts);
+        self.lang.reserve(posts);
+        self.flags.reserve(posts);
+        self.text_len.reserve(posts);
+        self.likes.reserve(posts);
+        self.retweets.reserve(posts);
+        self.replies.reserve(posts);
+        self.streamed.reserve(posts);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    #[inline]
+    pub fn row(&self, id: u64) -> Option<u32> {
+        self.index.get(&id).copied()
+    }
+
+    #[inline]
+    pub fn owns(&self, id: u64) -> bool {
+        shard_of(id, self.num_shards) == self.shard_index
+    }
+
+    /// The features' view of a row.
+    #[inline]
+    pub fn view(&self, row: u32) -> PostView {
+        let r = row as usize;
+        let a = self.author[r] as usize;
+        PostView {
+            created_at: self.created_at[r],
+            has_media: self.flags[r] & FLAG_MEDIA != 0,
+            is_reply: self.flags[r] & FLAG_REPLY != 0,
+            text_len: self.text_len[r],
+            lang: self.lang[r],
+            likes: self.likes[r],
+            retweets: self.retweets[r],
+            replies: self.replies[r],
+            streamed: self.streamed[r],
+            author_followers: self.authors.followers[a],
+            author_posts: self.authors.posts[a],
+            author_cluster: self.authors.cluster[a],
+        }
+    }
+
+    /// Applies one event. Every shard applies the author-level part of every event (so
+    /// author features agree everywhere) and the post-level part only for its own posts.
+    pub fn apply(&mut self, e: &Event) {
+        self.stats.events += 1;
+        self.watermark_ms = self.watermark_ms.max(e.time());
+        match e {
+            Event::User(u) => {
+                let a = self.authors.get_or_insert(u.user_id) as usize;
+                self.authors.cluster[a] = u.known_for;
+                self.authors.lang[a] = u.lang;
+            }
+            Event::Social(s) => match s.kind {
+                SocialKind::Follow => {
+                    let a = self.authors.get_or_insert(s.target_id) as usize;
+                    self.authors.followers[a] += 1;
+                }
+                SocialKind::Unfollow => {
+                    if let Some(a) = self.authors.get(s.target_id) {
+                        let f = &mut self.authors.followers[a as usize];
+                        *f = f.saturating_sub(1);
+                    }
+                }
+                // The coordinator's user store filters these per request.
+                SocialKind::Block | SocialKind::Mute => {}
+            },
+            Event::NewTweet(t) => self.add_tweet(t),
+            Event::Engagement(g) => {
+                if !self.owns(g.tweet_id) {
+                    return;
+                }
+                let Some(row) = self.row(g.tweet_id) else {
+                    self.stats.orphan_engagements += 1;
+                    return;
+                };
+                let r = row as usize;
+                let c = match g.kind {
+                    EngagementKind::Like => &mut self.likes[r],
+                    EngagementKind::Retweet => &mut self.retweets[r],
+                    EngagementKind::Reply => &mut self.replies[r],
+                };
+                *c = c.saturating_add(1);
+                self.streamed[r] = self.streamed[r].saturating_add(1);
+                self.stats.engagements_applied += 1;
+            }
+        }
+    }
+
+    fn add_tweet(&mut self, t: &NewTweet) {
+        let a = self.authors.get_or_insert(t.author_id);
+        if !self.owns(t.id) {
+            // Not ours, but the author's activity is a global feature.
+            self.authors.posts[a as usize] += 1;
+            return;
+        }
+        if self.index.contains_key(&t.id) {
+            // Replayed event: applying it twice must not change anything.
+            self.stats.duplicate_posts += 1;
+            return;
+        }
+        self.authors.posts[a as usize] += 1;
+        let row = self.ids.len() as u32;
+        self.index.insert(t.id, row);
+        self.ids.push(t.id);
+        self.author.push(a);
+        self.created_at.push(t.created_at);
+        self.lang.push(t.lang);
+        self.flags.push(if t.has_media { FLAG_MEDIA } else { 0 } | if t.reply_to.is_some() { FLAG_REPLY } else { 0 });
+        self.text_len.push(t.text_len);
+        self.likes.push(t.likes);
+        self.retweets.push(t.retweets);
+        self.replies.push(t.replies);
+        self.streamed.push(0);
+        self.stats.posts_added += 1;
+    }
+
+    /// Bytes held for posts: columns plus the index (hashbrown: 12-byte slots + a control
+    /// byte, at its capacity). Authors are reported apart, as they do not scale with posts.
+    pub fn post_bytes(&self) -> usize {
+        let per_row = 8 + 4 + 8 + 2 + 1 + 2 + 4 * 4;
+        self.ids.capacity() * per_row + self.index.capacity() * (8 + 4 + 1)
+    }
+
+    pub fn author_bytes(&self) -> usize {
+        self.authors.ids.capacity() * (8 + 4 * 3 + 2) + self.authors.index.capacity() * (8 + 4 + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardrank_core::corpus::{generate, CorpusSpec};
+    use shardrank_core::events::{Engagement, Social};
+
+    fn tweet(id: u64, author: u64) -> Event {
+        Event::NewTweet(NewTweet {
+            id,
+            author_id: author,
+            created_at: 1000,
+            lang: 0,
+            has_media: true,
+            reply_to: None,
+            text_len: 50,
+            likes: 2,
+            retweets: 0,
+            replies: 0,
+        })
+    }
+
+    #[test]
+    fn keeps_only_its_partition_and_counts_authors_globally() {
+        let ids: Vec<u64> = (1..200).collect();
+        let mut stores: Vec<PostStore> = (0..3).map(|i| PostStore::new(i, 3)).collect();
+        for s in &mut stores {
+            for &id in &ids {
+                s.apply(&tweet(id, 7));
+            }
+        }
+        let total: usize = stores.iter().map(PostStore::len).sum();
+        assert_eq!(total, ids.len());
+        for s in &stores {
+            assert!(s.ids.iter().all(|&id| shard_of(id, 3) == s.shard_index));
+            let a = s.authors.get(7).unwrap() as usize;
+            assert_eq!(s.authors.posts[a], ids.len() as u32, "author activity is global");
+        }
+    }
+
+    #[test]
+    fn engagement_and_follows_move_the_features() {
+        let mut s = PostStore::new(0, 1);
+        s.apply(&tweet(10, 7));
+        s.apply(&tweet(10, 7)); // replay: ignored
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.stats.duplicate_posts, 1);
+        for kind in [EngagementKind::Like, EngagementKind::Like, EngagementKind::Reply] {
+            s.apply(&Event::Engagement(Engagement { kind, user_id: 1, tweet_id: 10, timestamp: 5000 }));
+        }
+        s.apply(&Event::Engagement(Engagement { kind: EngagementKind::Like, user_id: 1, tweet_id: 99, timestamp: 5 }));
+        for kind in [SocialKind::Follow, SocialKind::Follow, SocialKind::Unfollow] {
+            s.apply(&Event::Social(Social { kind, user_id: 2, target_id: 7, timestamp: 6 }));
+        }
+        let v = s.view(s.row(10).unwrap());
+        assert_eq!((v.likes, v.replies, v.streamed), (4, 1, 3));
+        assert_eq!(v.author_followers, 1);
+        assert!(v.has_media && !v.is_reply);
+        assert_eq!(s.stats.orphan_engagements, 1);
+        assert_eq!(s.watermark_ms, 5000);
+    }
+
+    #[test]
+    fn tiny_corpus_fits_the_memory_budget() {
+        let spec = CorpusSpec::named("tiny", 42).unwrap();
+        let mut s = PostStore::new(0, 1);
+        s.reserve(spec.tweets as usize);
+        generate(&spec, |e| s.apply(&e));
+        assert_eq!(s.len() as u64, spec.tweets);
+        let per_post = s.post_bytes() as f64 / s.len() as f64;
+        assert!(per_post < 150.0, "{per_post} bytes per post");
+    }
+}
