@@ -1,1 +1,263 @@
+//! Test harness: starts the real binaries on loopback (free ports), waits for their
+//! gRPC health checks, and stops them when dropped. Each process's stderr goes to a log
+//! file whose tail is printed when a start-up fails.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; `make test` does).
 
+pub mod corpus_facts;
+
+use shardrank_proto::v1::coordinator_client::CoordinatorClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The directory holding the workspace's binaries (next to this test's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "shardrank-test-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(binary: &str, args: &[String], log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin(binary))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {binary}: {e}"));
+        Proc {
+            child,
+            name: format!("{binary} {}", args.join(" ")),
+            log,
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status (None if it did not exit in `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a binary to completion; returns (exit code, stdout, stderr).
+pub fn run(binary: &str, args: &[&str], timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(bin(binary))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("{binary} {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `url` reports SERVING for `service` ("" for the server as a whole).
+pub async fn wait_serving(url: &str, service: &str, proc: &mut Proc, timeout: Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "{} exited with {status} before serving:\n{}",
+                proc.name,
+                proc.log_tail()
+            );
+        }
+        if let Ok(ch) = Channel::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
+            let mut h = HealthClient::new(ch);
+            if let Ok(r) = h
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+            {
+                if r.into_inner().status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+        }
+        if t0.elapsed() > timeout {
+            panic!(
+                "{} not serving after {timeout:?}:\n{}",
+                proc.name,
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A coordinator and its shards, on loopback.
+pub struct Cluster {
+    pub shards: Vec<Proc>,
+    pub shard_urls: Vec<String>,
+    pub coordinator: Proc,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Cluster {
+    /// Starts `n` shards and a coordinator, all given the `data` flags (e.g.
+    /// `["--corpus", "tiny"]`), and waits until the coordinator serves.
+    pub async fn start(n: u32, data: &[&str]) -> Cluster {
+        Self::start_with(n, data, &[]).await
+    }
+
+    pub async fn start_with(n: u32, data: &[&str], coordinator_args: &[&str]) -> Cluster {
+        let dir = scratch_dir("cluster");
+        let data: Vec<String> = data.iter().map(|s| s.to_string()).collect();
+        let mut shards = Vec::new();
+        let mut shard_urls = Vec::new();
+        for i in 0..n {
+            let port = free_port();
+            let mut args = vec![
+                "--listen".to_string(),
+                format!("127.0.0.1:{port}"),
+                "--shard-index".into(),
+                i.to_string(),
+                "--num-shards".into(),
+                n.to_string(),
+            ];
+            args.extend(data.iter().cloned());
+            shards.push(Proc::spawn(
+                "shardrank-shard",
+                &args,
+                dir.join(format!("shard-{i}.log")),
+            ));
+            shard_urls.push(format!("http://127.0.0.1:{port}"));
+        }
+        let port = free_port();
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--shards".into(),
+            shard_urls.join(","),
+        ];
+        args.extend(data.iter().cloned());
+        args.extend(coordinator_args.iter().map(|s| s.to_string()));
+        let mut coordinator =
+            Proc::spawn("shardrank-coordinator", &args, dir.join("coordinator.log"));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_serving(&url, "", &mut coordinator, START_TIMEOUT).await;
+        Cluster {
+            shards,
+            shard_urls,
+            coordinator,
+            url,
+            dir,
+        }
+    }
+
+    pub async fn client(&self) -> CoordinatorClient<Channel> {
+        CoordinatorClient::connect(self.url.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub fn kill_shard(&mut self, i: usize) {
+        self.shards[i].kill();
+    }
+}

@@ -1,1 +1,122 @@
-fn main() {}
+//! `shardrank`: the operator's CLI.
+//!
+//! - `shardrank gen`: writes a built-in corpus as an events file, so outside tools and
+//!   other systems load exactly the same data and draw the same ids.
+//! - `shardrank model export`: writes the built-in models as safetensors files, the
+//!   starting point for a model directory (`--model-dir`).
+
+use clap::{Parser, Subcommand};
+use shardrank_core::corpus::{generate, CorpusSpec, DEFAULT_SEED};
+use shardrank_core::events::EventWriter;
+use shardrank_core::model::Models;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "shardrank", version, about = "shardrank operator CLI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a built-in corpus as a JSON-lines events file (schema version 1).
+    Gen {
+        /// Which corpus: `standard` (100,000 users, 1,000,000 tweets) or `tiny`.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(CorpusSpec::NAMES))]
+        corpus: String,
+        /// Seed; the same seed gives the same corpus.
+        #[arg(long, default_value_t = DEFAULT_SEED)]
+        corpus_seed: u64,
+        /// Output file (`-` for standard output).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write the built-in models as light.safetensors and heavy.safetensors.
+    Export {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
+    /// Load a model directory and report its shapes, or what is wrong with it.
+    Check {
+        #[arg(long, value_name = "DIR")]
+        model_dir: PathBuf,
+    },
+}
+
+fn gen(corpus: &str, seed: u64, out: &PathBuf) -> Result<String, String> {
+    let spec = CorpusSpec::named(corpus, seed)
+        .ok_or_else(|| format!("--corpus {corpus:?} is not a known corpus"))?;
+    let sink: Box<dyn Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(out).map_err(|e| format!("--out {}: {e}", out.display()))?)
+    };
+    let mut w = EventWriter::new(BufWriter::with_capacity(1 << 20, sink), spec.name, seed)
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    let mut n = 0u64;
+    let mut err = None;
+    generate(&spec, |e| {
+        if err.is_none() {
+            if let Err(e) = w.write(&e) {
+                err = Some(e);
+            }
+            n += 1;
+        }
+    });
+    if let Some(e) = err {
+        return Err(format!("writing {}: {e}", out.display()));
+    }
+    w.finish()
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    Ok(format!(
+        "wrote {n} events of corpus {} (seed {seed}) to {}",
+        spec.name,
+        out.display()
+    ))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Gen { corpus, corpus_seed, out } => gen(&corpus, corpus_seed, &out),
+        Command::Model { command: ModelCommand::Export { out_dir } } => Models::builtin()
+            .save_dir(&out_dir)
+            .map(|_| format!("wrote the built-in models to {}", out_dir.display()))
+            .map_err(|e| format!("--out-dir {}: {e}", out_dir.display())),
+        Command::Model { command: ModelCommand::Check { model_dir } } => Models::load_dir(&model_dir)
+            .map(|m| {
+                let (h1, h2) = m.heavy.hidden();
+                format!(
+                    "{}: ok: light ranker over {} features; heavy ranker {}-{h1}-{h2}-4, head weights {:?}",
+                    model_dir.display(),
+                    shardrank_core::features::NUM_FEATURES,
+                    shardrank_core::features::NUM_FEATURES,
+                    m.heavy.head_weights
+                )
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match res {
+        Ok(msg) => {
+            eprintln!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardrank: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,17 @@
+//! The coordinator: the cluster's front door.
+//!
+//! Where a Rank request goes: [`service`] (gRPC `shardrank.v1.Coordinator`) ->
+//! [`rank`], which validates it, looks the user up in the [`users`] store, splits the
+//! candidates by md5 owner, asks [`placement`] how deep each shard must go, fans out
+//! through the [`shard_client`]s, and lets [`merge`] decide whether a shard must be
+//! asked for more (a second round) and pick the exact global top-k. [`config`] is the
+//! command line, [`error`] the error enum with its gRPC codes.
 
+pub mod config;
+pub mod error;
+pub mod merge;
+pub mod placement;
+pub mod rank;
+pub mod service;
+pub mod shard_client;
+pub mod users;

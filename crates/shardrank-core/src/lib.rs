@@ -12,9 +12,10 @@
 pub mod corpus;
 pub mod events;
 pub mod features;
+pub mod ids;
 pub mod lang;
 pub mod model;
 pub mod rng;
-pub mod source;
 pub mod routing;
+pub mod source;
 pub mod topk;

@@ -33,12 +33,19 @@ impl DataArgs {
     pub fn source(&self) -> Result<Source, String> {
         match &self.events {
             Some(path) => {
-                std::fs::File::open(path).map_err(|e| format!("--events {}: {e}", path.display()))?;
+                std::fs::File::open(path)
+                    .map_err(|e| format!("--events {}: {e}", path.display()))?;
                 Ok(Source::File(path.clone()))
             }
             None => CorpusSpec::named(&self.corpus, self.corpus_seed)
                 .map(Source::Corpus)
-                .ok_or_else(|| format!("--corpus {:?}: expected one of {:?}", self.corpus, CorpusSpec::NAMES)),
+                .ok_or_else(|| {
+                    format!(
+                        "--corpus {:?}: expected one of {:?}",
+                        self.corpus,
+                        CorpusSpec::NAMES
+                    )
+                }),
         }
     }
 }
@@ -57,11 +64,14 @@ impl Source {
             }
             Source::File(path) => {
                 let f = std::fs::File::open(path)?;
-                read_events(std::io::BufReader::with_capacity(1 << 20, f), apply).map_err(|e| match e {
-                    EventError::Malformed { line, msg } => {
-                        EventError::Malformed { line, msg: format!("{}: {msg}", path.display()) }
+                read_events(std::io::BufReader::with_capacity(1 << 20, f), apply).map_err(|e| {
+                    match e {
+                        EventError::Malformed { line, msg } => EventError::Malformed {
+                            line,
+                            msg: format!("{}: {msg}", path.display()),
+                        },
+                        other => other,
                     }
-                    other => other,
                 })
             }
         }

@@ -7,7 +7,12 @@ pub enum ShardError {
     #[error("shard {index} is still loading its partition")]
     Loading { index: u32 },
     #[error("routing mismatch: the coordinator sent a request for shard {got_index} of {got_shards}, but this is shard {index} of {num_shards}; fix the coordinator's --shards list or this shard's --shard-index/--num-shards")]
-    Layout { got_index: u32, got_shards: u32, index: u32, num_shards: u32 },
+    Layout {
+        got_index: u32,
+        got_shards: u32,
+        index: u32,
+        num_shards: u32,
+    },
     #[error("invalid request: {0}")]
     InvalidArgument(String),
     #[error("internal error: {0}")]

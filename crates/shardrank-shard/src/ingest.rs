@@ -10,7 +10,9 @@ pub fn load(source: &Source, index: u32, num_shards: u32) -> Result<PostStore, E
     let mut store = PostStore::new(index, num_shards);
     if let Some(tweets) = source.expected_tweets() {
         // An even md5 spread plus slack, so the columns are allocated once.
-        store.reserve((tweets / num_shards as u64 + tweets / (20 * num_shards as u64) + 64) as usize);
+        store.reserve(
+            (tweets / num_shards as u64 + tweets / (20 * num_shards as u64) + 64) as usize,
+        );
     }
     source.for_each(|e| store.apply(&e))?;
     Ok(store)

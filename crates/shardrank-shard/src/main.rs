@@ -41,7 +41,9 @@ async fn main() -> ExitCode {
             cfg.shard_index,
             cfg.num_shards,
             source.describe(),
-            cfg.model_dir.as_ref().map_or("built-in".to_string(), |d| d.display().to_string())
+            cfg.model_dir
+                .as_ref()
+                .map_or("built-in".to_string(), |d| d.display().to_string())
         );
         return ExitCode::SUCCESS;
     }
@@ -110,13 +112,10 @@ async fn main() -> ExitCode {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream_listener(listener),
-            async {
-                serving::shutdown_signal().await;
-                health.set(false).await;
-            },
-        );
+        .serve_with_incoming_shutdown(tokio_stream_listener(listener), async {
+            serving::shutdown_signal().await;
+            health.set(false).await;
+        });
     tokio::select! {
         res = server => match res {
             Ok(()) => {
@@ -129,8 +128,6 @@ async fn main() -> ExitCode {
     }
 }
 
-fn tokio_stream_listener(
-    l: tokio::net::TcpListener,
-) -> tonic::transport::server::TcpIncoming {
+fn tokio_stream_listener(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
 }

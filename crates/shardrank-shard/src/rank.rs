@@ -40,7 +40,11 @@ impl RequestUser {
             v.dedup();
             v
         };
-        RequestUser { view, followees: rows(followees), excluded: rows(excluded) }
+        RequestUser {
+            view,
+            followees: rows(followees),
+            excluded: rows(excluded),
+        }
     }
 }
 
@@ -86,9 +90,19 @@ struct ChunkResult {
 }
 
 #[inline]
-fn features(store: &PostStore, user: &RequestUser, row: u32, now_ms: i64, out: &mut [f32; NUM_FEATURES]) {
+fn features(
+    store: &PostStore,
+    user: &RequestUser,
+    row: u32,
+    now_ms: i64,
+    out: &mut [f32; NUM_FEATURES],
+) {
     let post = store.view(row);
-    let followed = user.view.known && user.followees.binary_search(&store.author[row as usize]).is_ok();
+    let followed = user.view.known
+        && user
+            .followees
+            .binary_search(&store.author[row as usize])
+            .is_ok();
     extract(&post, followed, &user.view, now_ms, out);
 }
 
@@ -114,27 +128,48 @@ fn light_chunk(
         if seen[(row / 64) as usize].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
             continue; // a repeated id: ranked once
         }
-        if !user.excluded.is_empty() && user.excluded.binary_search(&store.author[row as usize]).is_ok() {
+        if !user.excluded.is_empty()
+            && user
+                .excluded
+                .binary_search(&store.author[row as usize])
+                .is_ok()
+        {
             excluded += 1;
             continue;
         }
         features(store, user, row, now_ms, &mut x);
-        top.push(Scored { light: models.light.score(&x), id, row });
+        top.push(Scored {
+            light: models.light.score(&x),
+            id,
+            row,
+        });
     }
     let eligible = top.len();
     keep_top(&mut top, keep);
-    ChunkResult { top, eligible, excluded, unknown_ids }
+    ChunkResult {
+        top,
+        eligible,
+        excluded,
+        unknown_ids,
+    }
 }
 
 /// Ranks `p.ids` for `user`; see the module docs.
 pub fn rank(store: &PostStore, models: &Models, user: &RequestUser, p: &RankParams) -> RankOutput {
     let t0 = Instant::now();
     let keep = p.skip.saturating_add(p.count).min(p.ids.len());
-    let seen: Vec<AtomicU64> = (0..store.len() / 64 + 1).map(|_| AtomicU64::new(0)).collect();
+    let seen: Vec<AtomicU64> = (0..store.len() / 64 + 1)
+        .map(|_| AtomicU64::new(0))
+        .collect();
     let chunks: Vec<ChunkResult> = if p.ids.len() > CHUNK {
-        p.ids.par_chunks(CHUNK).map(|c| light_chunk(store, models, user, c, &seen, p.now_ms, keep)).collect()
+        p.ids
+            .par_chunks(CHUNK)
+            .map(|c| light_chunk(store, models, user, c, &seen, p.now_ms, keep))
+            .collect()
     } else {
-        vec![light_chunk(store, models, user, p.ids, &seen, p.now_ms, keep)]
+        vec![light_chunk(
+            store, models, user, p.ids, &seen, p.now_ms, keep,
+        )]
     };
     let mut out = RankOutput::default();
     let mut unknown: Vec<u64> = Vec::new();
@@ -159,7 +194,9 @@ pub fn rank(store: &PostStore, models: &Models, user: &RequestUser, p: &RankPara
         features(store, user, s.row, p.now_ms, x);
     }
     let mut heavy = vec![0.0f32; slice.len()];
-    models.heavy.score_batch(&xs, &mut heavy, &mut Scratch::default());
+    models
+        .heavy
+        .score_batch(&xs, &mut heavy, &mut Scratch::default());
     out.items = slice.iter().copied().zip(heavy).collect();
     out.heavy_ms = t1.elapsed().as_secs_f64() * 1e3;
     out
@@ -188,12 +225,45 @@ mod tests {
         let m = Models::builtin();
         let ids: Vec<u64> = s.ids.iter().copied().step_by(3).collect();
         let u = cold(&s);
-        let all = rank(&s, &m, &u, &RankParams { ids: &ids, now_ms: CORPUS_END_MS, skip: 0, count: ids.len() });
+        let all = rank(
+            &s,
+            &m,
+            &u,
+            &RankParams {
+                ids: &ids,
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: ids.len(),
+            },
+        );
         assert_eq!(all.eligible, ids.len());
         assert_eq!(all.items.len(), ids.len());
-        assert!(all.items.windows(2).all(|w| shardrank_core::topk::cmp(&w[0].0, &w[1].0).is_lt()));
-        let head = rank(&s, &m, &u, &RankParams { ids: &ids, now_ms: CORPUS_END_MS, skip: 0, count: 100 });
-        let tail = rank(&s, &m, &u, &RankParams { ids: &ids, now_ms: CORPUS_END_MS, skip: 100, count: 50 });
+        assert!(all
+            .items
+            .windows(2)
+            .all(|w| shardrank_core::topk::cmp(&w[0].0, &w[1].0).is_lt()));
+        let head = rank(
+            &s,
+            &m,
+            &u,
+            &RankParams {
+                ids: &ids,
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: 100,
+            },
+        );
+        let tail = rank(
+            &s,
+            &m,
+            &u,
+            &RankParams {
+                ids: &ids,
+                now_ms: CORPUS_END_MS,
+                skip: 100,
+                count: 50,
+            },
+        );
         assert_eq!(head.items[..], all.items[..100]);
         assert_eq!(tail.items[..], all.items[100..150]);
     }
@@ -209,11 +279,24 @@ mod tests {
         let excluded_rows = s.author.iter().filter(|&&x| x == s.author[1]).count();
         let mut ids: Vec<u64> = vec![a, a, 5, 5, 6, b];
         ids.extend(s.ids.iter().copied());
-        let out = rank(&s, &m, &u, &RankParams { ids: &ids, now_ms: CORPUS_END_MS, skip: 0, count: 10 });
+        let out = rank(
+            &s,
+            &m,
+            &u,
+            &RankParams {
+                ids: &ids,
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: 10,
+            },
+        );
         assert_eq!(out.unknown, 2);
         assert_eq!(out.excluded, excluded_rows);
         assert_eq!(out.eligible, s.len() - excluded_rows);
-        assert!(out.items.iter().all(|(c, _)| s.author[c.row as usize] != s.author[1]));
+        assert!(out
+            .items
+            .iter()
+            .all(|(c, _)| s.author[c.row as usize] != s.author[1]));
     }
 
     #[test]
@@ -224,11 +307,29 @@ mod tests {
         let u = cold(&s);
         let mut ids: Vec<u64> = s.ids.clone();
         ids.extend(s.ids.iter().rev().copied());
-        let p = RankParams { ids: &ids, now_ms: CORPUS_END_MS, skip: 0, count: 300 };
+        let p = RankParams {
+            ids: &ids,
+            now_ms: CORPUS_END_MS,
+            skip: 0,
+            count: 300,
+        };
         let par = rank(&s, &m, &u, &p);
-        let one = light_chunk(&s, &m, &u, &ids, &(0..s.len() / 64 + 1).map(|_| AtomicU64::new(0)).collect::<Vec<_>>(), CORPUS_END_MS, 300);
+        let one = light_chunk(
+            &s,
+            &m,
+            &u,
+            &ids,
+            &(0..s.len() / 64 + 1)
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>(),
+            CORPUS_END_MS,
+            300,
+        );
         assert_eq!(par.eligible, s.len());
-        assert_eq!(par.items.iter().map(|(c, _)| *c).collect::<Vec<_>>(), one.top);
+        assert_eq!(
+            par.items.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            one.top
+        );
     }
 
     #[test]
@@ -236,14 +337,41 @@ mod tests {
         let whole = store(0, 1);
         let m = Models::builtin();
         let ids: Vec<u64> = whole.ids.iter().copied().step_by(7).collect();
-        let one = rank(&whole, &m, &cold(&whole), &RankParams { ids: &ids, now_ms: CORPUS_END_MS, skip: 0, count: ids.len() });
+        let one = rank(
+            &whole,
+            &m,
+            &cold(&whole),
+            &RankParams {
+                ids: &ids,
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: ids.len(),
+            },
+        );
         for i in 0..3 {
             let part = store(i, 3);
-            let mine: Vec<u64> = ids.iter().copied().filter(|&id| shard_of(id, 3) == i).collect();
-            let got = rank(&part, &m, &cold(&part), &RankParams { ids: &mine, now_ms: CORPUS_END_MS, skip: 0, count: mine.len() });
+            let mine: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|&id| shard_of(id, 3) == i)
+                .collect();
+            let got = rank(
+                &part,
+                &m,
+                &cold(&part),
+                &RankParams {
+                    ids: &mine,
+                    now_ms: CORPUS_END_MS,
+                    skip: 0,
+                    count: mine.len(),
+                },
+            );
             for (c, h) in got.items {
                 let (wc, wh) = one.items.iter().find(|(w, _)| w.id == c.id).unwrap();
-                assert_eq!((c.light.to_bits(), h.to_bits()), (wc.light.to_bits(), wh.to_bits()));
+                assert_eq!(
+                    (c.light.to_bits(), h.to_bits()),
+                    (wc.light.to_bits(), wh.to_bits())
+                );
             }
         }
     }

@@ -8,7 +8,9 @@ use shardrank_core::features::UserView;
 use shardrank_core::lang;
 use shardrank_core::model::Models;
 use shardrank_proto::v1::shard_server::Shard;
-use shardrank_proto::v1::{ShardInfoRequest, ShardInfoResponse, ShardRankRequest, ShardRankResponse, UserContext};
+use shardrank_proto::v1::{
+    ShardInfoRequest, ShardInfoResponse, ShardRankRequest, ShardRankResponse, UserContext,
+};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -36,11 +38,20 @@ fn user_view(ctx: &UserContext) -> Result<UserView, ShardError> {
             ctx.interest_weights.len()
         )));
     }
-    let lang = lang::parse(&ctx.lang).map_err(|e| ShardError::InvalidArgument(format!("user context: {e}")))?;
-    let mut interests: Vec<(u32, f32)> =
-        ctx.interest_clusters.iter().copied().zip(ctx.interest_weights.iter().copied()).collect();
+    let lang = lang::parse(&ctx.lang)
+        .map_err(|e| ShardError::InvalidArgument(format!("user context: {e}")))?;
+    let mut interests: Vec<(u32, f32)> = ctx
+        .interest_clusters
+        .iter()
+        .copied()
+        .zip(ctx.interest_weights.iter().copied())
+        .collect();
     interests.sort_unstable_by_key(|&(c, _)| c);
-    Ok(UserView { known: ctx.known, lang, interests })
+    Ok(UserView {
+        known: ctx.known,
+        lang,
+        interests,
+    })
 }
 
 impl ShardService {
@@ -59,18 +70,29 @@ impl ShardService {
 
 #[tonic::async_trait]
 impl Shard for ShardService {
-    async fn rank(&self, request: Request<ShardRankRequest>) -> Result<Response<ShardRankResponse>, Status> {
+    async fn rank(
+        &self,
+        request: Request<ShardRankRequest>,
+    ) -> Result<Response<ShardRankResponse>, Status> {
         let t0 = Instant::now();
         let req = request.into_inner();
         self.check_layout(req.shard_index, req.num_shards)?;
         if self.state.store.get().is_none() {
-            return Err(ShardError::Loading { index: self.state.index }.into());
+            return Err(ShardError::Loading {
+                index: self.state.index,
+            }
+            .into());
         }
         let ctx = req.user.unwrap_or_default();
         let view = user_view(&ctx)?;
         let state = self.state.clone();
         let out = tokio::task::spawn_blocking(move || {
-            let store = state.store.get().expect("checked above").read().unwrap_or_else(|p| p.into_inner());
+            let store = state
+                .store
+                .get()
+                .expect("checked above")
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             let user = RequestUser::new(&store, view, &ctx.followees, &ctx.excluded_authors);
             let params = RankParams {
                 ids: &req.candidate_ids,
@@ -79,8 +101,11 @@ impl Shard for ShardService {
                 count: req.heavy_count as usize,
             };
             let out = rank(&store, &state.models, &user, &params);
-            let authors: Vec<u64> =
-                out.items.iter().map(|(c, _)| store.authors.ids[store.author[c.row as usize] as usize]).collect();
+            let authors: Vec<u64> = out
+                .items
+                .iter()
+                .map(|(c, _)| store.authors.ids[store.author[c.row as usize] as usize])
+                .collect();
             (out, authors)
         })
         .await
@@ -100,7 +125,10 @@ impl Shard for ShardService {
         }))
     }
 
-    async fn info(&self, _: Request<ShardInfoRequest>) -> Result<Response<ShardInfoResponse>, Status> {
+    async fn info(
+        &self,
+        _: Request<ShardInfoRequest>,
+    ) -> Result<Response<ShardInfoResponse>, Status> {
         let s = &self.state;
         let (posts, watermark_ms) = match s.store.get() {
             Some(store) => {

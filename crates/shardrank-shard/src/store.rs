@@ -8,32 +8,9 @@
 
 use shardrank_core::events::{EngagementKind, Event, NewTweet, SocialKind};
 use shardrank_core::features::PostView;
+use shardrank_core::ids::IdMap;
 use shardrank_core::lang::Lang;
-use shardrank_core::rng::mix64;
 use shardrank_core::routing::shard_of;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// Hashes a u64 id with the SplitMix64 finaliser: ids such as snowflakes have
-/// structured bits, and the index needs all of them mixed.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix64(self.0 ^ b as u64);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = mix64(v);
-    }
-}
-
-pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 const FLAG_MEDIA: u8 = 1;
 const FLAG_REPLY: u8 = 2;
@@ -250,7 +227,10 @@ impl PostStore {
         self.author.push(a);
         self.created_at.push(t.created_at);
         self.lang.push(t.lang);
-        self.flags.push(if t.has_media { FLAG_MEDIA } else { 0 } | if t.reply_to.is_some() { FLAG_REPLY } else { 0 });
+        self.flags.push(
+            if t.has_media { FLAG_MEDIA } else { 0 }
+                | if t.reply_to.is_some() { FLAG_REPLY } else { 0 },
+        );
         self.text_len.push(t.text_len);
         self.likes.push(t.likes);
         self.retweets.push(t.retweets);
@@ -306,7 +286,11 @@ mod tests {
         for s in &stores {
             assert!(s.ids.iter().all(|&id| shard_of(id, 3) == s.shard_index));
             let a = s.authors.get(7).unwrap() as usize;
-            assert_eq!(s.authors.posts[a], ids.len() as u32, "author activity is global");
+            assert_eq!(
+                s.authors.posts[a],
+                ids.len() as u32,
+                "author activity is global"
+            );
         }
     }
 
@@ -317,12 +301,31 @@ mod tests {
         s.apply(&tweet(10, 7)); // replay: ignored
         assert_eq!(s.len(), 1);
         assert_eq!(s.stats.duplicate_posts, 1);
-        for kind in [EngagementKind::Like, EngagementKind::Like, EngagementKind::Reply] {
-            s.apply(&Event::Engagement(Engagement { kind, user_id: 1, tweet_id: 10, timestamp: 5000 }));
+        for kind in [
+            EngagementKind::Like,
+            EngagementKind::Like,
+            EngagementKind::Reply,
+        ] {
+            s.apply(&Event::Engagement(Engagement {
+                kind,
+                user_id: 1,
+                tweet_id: 10,
+                timestamp: 5000,
+            }));
         }
-        s.apply(&Event::Engagement(Engagement { kind: EngagementKind::Like, user_id: 1, tweet_id: 99, timestamp: 5 }));
+        s.apply(&Event::Engagement(Engagement {
+            kind: EngagementKind::Like,
+            user_id: 1,
+            tweet_id: 99,
+            timestamp: 5,
+        }));
         for kind in [SocialKind::Follow, SocialKind::Follow, SocialKind::Unfollow] {
-            s.apply(&Event::Social(Social { kind, user_id: 2, target_id: 7, timestamp: 6 }));
+            s.apply(&Event::Social(Social {
+                kind,
+                user_id: 2,
+                target_id: 7,
+                timestamp: 6,
+            }));
         }
         let v = s.view(s.row(10).unwrap());
         assert_eq!((v.likes, v.replies, v.streamed), (4, 1, 3));

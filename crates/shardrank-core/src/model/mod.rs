@@ -87,3 +87,29 @@ impl Models {
 pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files shipped in deploy/models/default are the built-in models, exactly.
+    #[test]
+    fn shipped_default_files_are_the_builtin_models() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/models/default");
+        let m = Models::load_dir(&dir).expect("shipped model files load");
+        let b = Models::builtin();
+        assert_eq!(m.light, b.light);
+        assert_eq!(m.heavy, b.heavy);
+    }
+
+    #[test]
+    fn missing_dir_names_the_file() {
+        let err = Models::load_dir(Path::new("/nonexistent/models"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/models/light.safetensors"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! One Rank request, end to end: validate, route, scatter, (maybe) a second round,
+//! merge. See the crate docs for the path and [`crate::merge`] for why it is exact.
+
+use crate::error::CoordinatorError;
+use crate::merge::{self, Candidate, ShardPart};
+use crate::placement;
+use crate::shard_client::ShardHandle;
+use crate::users::UserStore;
+use shardrank_core::routing;
+use shardrank_proto::v1::{
+    RankRequest, RankResponse, ScoredCandidate, ShardRankRequest, ShardRankResponse, UserContext,
+};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub const DEFAULT_TOP_K: u32 = 100;
+pub const MAX_TOP_K: u32 = 1000;
+/// Below this many ids, routing runs inline; above, on the blocking pool (md5 of 100k
+/// ids is milliseconds of CPU that must not stall the async workers).
+const INLINE_ROUTING: usize = 4096;
+
+pub struct Ranker {
+    pub shards: Vec<ShardHandle>,
+    pub users: Arc<RwLock<UserStore>>,
+    pub heavy_candidates: usize,
+    pub max_candidates: usize,
+}
+
+/// Checks top_k and the request size; returns the effective top_k.
+pub fn validate(req: &RankRequest, max_candidates: usize) -> Result<usize, CoordinatorError> {
+    if req.top_k > MAX_TOP_K {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "top_k {} is above the limit of {MAX_TOP_K}",
+            req.top_k
+        )));
+    }
+    if req.candidate_ids.len() > max_candidates {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "{} candidate ids is above the limit of {max_candidates} per request",
+            req.candidate_ids.len()
+        )));
+    }
+    Ok(if req.top_k == 0 {
+        DEFAULT_TOP_K
+    } else {
+        req.top_k
+    } as usize)
+}
+
+/// A shard's answer as merge input; a malformed answer is the shard's failure.
+fn to_part(index: u32, r: ShardRankResponse) -> Result<(ShardPart, u64), String> {
+    let n = r.ids.len();
+    if r.author_ids.len() != n || r.light_scores.len() != n || r.heavy_scores.len() != n {
+        return Err(format!(
+            "shard {index} sent a malformed answer (array lengths differ)"
+        ));
+    }
+    let items = (0..n)
+        .map(|i| Candidate {
+            id: r.ids[i],
+            author_id: r.author_ids[i],
+            light: r.light_scores[i],
+            heavy: r.heavy_scores[i],
+            shard: index,
+        })
+        .collect();
+    Ok((
+        ShardPart {
+            shard: index,
+            items,
+            eligible: r.eligible as usize,
+        },
+        r.unknown as u64,
+    ))
+}
+
+struct Call {
+    shard: u32,
+    skip: usize,
+    count: usize,
+    ids: Vec<u64>,
+}
+
+impl Ranker {
+    pub fn num_shards(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// Sends each call to its shard at once; answers come back in any order.
+    async fn scatter(
+        &self,
+        calls: Vec<Call>,
+        user: &UserContext,
+        now_ms: i64,
+        deadline: Instant,
+    ) -> Vec<(u32, Result<ShardRankResponse, tonic::Status>)> {
+        let mut set = JoinSet::new();
+        for c in calls {
+            let handle = self.shards[c.shard as usize].clone();
+            let req = ShardRankRequest {
+                shard_index: c.shard,
+                num_shards: self.num_shards(),
+                user: Some(user.clone()),
+                candidate_ids: c.ids,
+                now_ms,
+                heavy_skip: c.skip as u32,
+                heavy_count: c.count as u32,
+            };
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            set.spawn(async move { (c.shard, handle.rank(req, timeout).await) });
+        }
+        let mut out = Vec::with_capacity(set.len());
+        // Dropping the set (a cancelled request) aborts the calls still in flight.
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!("shard call task failed: {e}"),
+            }
+        }
+        out
+    }
+
+    pub async fn rank(
+        &self,
+        req: RankRequest,
+        deadline: Instant,
+    ) -> Result<RankResponse, CoordinatorError> {
+        let started = Instant::now();
+        let k = validate(&req, self.max_candidates)?;
+        if req.candidate_ids.is_empty() {
+            return Ok(RankResponse {
+                latency_ms: started.elapsed().as_secs_f64() * 1e3,
+                ..Default::default()
+            });
+        }
+        let h = self.heavy_candidates.max(k);
+        let (user, now_ms) = {
+            let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+            (users.context(req.user_id), users.watermark_ms)
+        };
+        let n = self.num_shards();
+        let ids = req.candidate_ids;
+        let by_shard = if ids.len() <= INLINE_ROUTING {
+            routing::partition(&ids, n)
+        } else {
+            tokio::task::spawn_blocking(move || routing::partition(&ids, n))
+                .await
+                .map_err(|e| CoordinatorError::Internal(format!("routing task failed: {e}")))?
+        };
+        let counts: Vec<usize> = by_shard.iter().map(Vec::len).collect();
+        let depth = placement::first_round(&counts, h);
+
+        // Round one: every shard that was sent candidates.
+        let calls = by_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(s, ids)| Call {
+                shard: s as u32,
+                skip: 0,
+                count: depth[s],
+                ids: ids.clone(),
+            })
+            .collect::<Vec<_>>();
+        let called = calls.len();
+        let mut parts: Vec<ShardPart> = Vec::with_capacity(called);
+        let mut missing: Vec<u32> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        let mut unknown = 0u64;
+        for (shard, res) in self.scatter(calls, &user, now_ms, deadline).await {
+            match res
+                .map_err(|s| s.message().to_string())
+                .and_then(|r| to_part(shard, r))
+            {
+                Ok((part, u)) => {
+                    unknown += u;
+                    parts.push(part);
+                }
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "shard failed: answering without it");
+                    missing.push(shard);
+                    errors.push(format!("shard {shard}: {e}"));
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(CoordinatorError::Unavailable(errors.join("; ")));
+        }
+
+        // Round two, only where a shard's first share may have been too small.
+        let refetch = merge::shortfall(&parts, h);
+        if !refetch.is_empty() {
+            let calls = refetch
+                .iter()
+                .map(|r| {
+                    let shard = parts[r.part].shard;
+                    Call {
+                        shard,
+                        skip: r.skip,
+                        count: r.count,
+                        ids: by_shard[shard as usize].clone(),
+                    }
+                })
+                .collect();
+            tracing::debug!(shards = refetch.len(), "second round");
+            for (shard, res) in self.scatter(calls, &user, now_ms, deadline).await {
+                match res
+                    .map_err(|s| s.message().to_string())
+                    .and_then(|r| to_part(shard, r))
+                {
+                    Ok((more, _)) => {
+                        if let Some(p) = parts.iter_mut().find(|p| p.shard == shard) {
+                            p.items.extend(more.items);
+                        }
+                    }
+                    Err(e) => {
+                        // Its first share stays in the answer, flagged as partial.
+                        tracing::warn!(shard, error = %e, "shard failed in the second round");
+                        missing.push(shard);
+                    }
+                }
+            }
+        }
+
+        let best = merge::select(&parts, h, k);
+        missing.sort_unstable();
+        missing.dedup();
+        Ok(RankResponse {
+            candidates: best
+                .into_iter()
+                .map(|c| ScoredCandidate {
+                    id: c.id,
+                    score: c.heavy,
+                    shard: c.shard,
+                    author_id: c.author_id,
+                    light_score: c.light,
+                })
+                .collect(),
+            missing_shards: missing,
+            unknown_candidates: unknown,
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_limits() {
+        let req = |top_k, n: usize| RankRequest {
+            user_id: 1,
+            candidate_ids: vec![1; n],
+            top_k,
+        };
+        assert_eq!(validate(&req(0, 1), 10).unwrap(), 100);
+        assert_eq!(validate(&req(1000, 1), 10).unwrap(), 1000);
+        let e = validate(&req(1001, 1), 10).unwrap_err();
+        assert!(
+            e.to_string().contains("1000") && matches!(e, CoordinatorError::InvalidArgument(_))
+        );
+        let e = validate(&req(5, 11), 10).unwrap_err();
+        assert!(e.to_string().contains("limit of 10"));
+    }
+}

@@ -1,0 +1,93 @@
+//! The gRPC face of the coordinator: deadlines in, statuses out.
+
+use crate::error::CoordinatorError;
+use crate::rank::Ranker;
+use shardrank_proto::v1::coordinator_server::Coordinator;
+use shardrank_proto::v1::{RankRequest, RankResponse, TimelineRequest, TimelineResponse};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+#[derive(Clone)]
+pub struct CoordinatorService {
+    pub ranker: Arc<Ranker>,
+    pub default_timeout: Duration,
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl CoordinatorService {
+    /// The request's budget: the client's grpc-timeout if it sent one, else the default.
+    fn budget<T>(&self, req: &Request<T>) -> Duration {
+        req.metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap_or(self.default_timeout)
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.budget(&request);
+        let req = request.into_inner();
+        let n = req.candidate_ids.len();
+        let span = tracing::debug_span!(
+            "rank",
+            user_id = req.user_id,
+            candidates = n,
+            top_k = req.top_k
+        );
+        match self.ranker.rank(req, deadline).instrument(span).await {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => {
+                tracing::info!(error = %e, code = ?e.grpc_code(), "rank failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn timeline(
+        &self,
+        _: Request<TimelineRequest>,
+    ) -> Result<Response<TimelineResponse>, Status> {
+        Err(CoordinatorError::Unimplemented(
+            "Timeline is not implemented yet (the home-timeline pipeline comes in a later release); use Rank".into(),
+        )
+        .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5000u"), Some(Duration::from_millis(5)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+}
