@@ -261,3 +261,12 @@ impl Cluster {
         self.shards[i].kill();
     }
 }
+
+/// A connected channel to `url`.
+pub async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

@@ -4,6 +4,9 @@
 //!   other systems load exactly the same data and draw the same ids.
 //! - `shardrank model export`: writes the built-in models as safetensors files, the
 //!   starting point for a model directory (`--model-dir`).
+//! - `shardrank rank`: sends Rank requests to a coordinator and prints the answers.
+
+mod rank;
 
 use clap::{Parser, Subcommand};
 use shardrank_core::corpus::{generate, CorpusSpec, DEFAULT_SEED};
@@ -34,6 +37,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Send Rank requests with candidates drawn from a corpus; print answers and latency.
+    Rank(rank::RankArgs),
     /// Model files.
     Model {
         #[command(subcommand)]
@@ -91,6 +96,10 @@ fn gen(corpus: &str, seed: u64, out: &PathBuf) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Rank(args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(rank::run(args)),
+            Err(e) => Err(format!("starting the runtime: {e}")),
+        },
         Command::Gen { corpus, corpus_seed, out } => gen(&corpus, corpus_seed, &out),
         Command::Model { command: ModelCommand::Export { out_dir } } => Models::builtin()
             .save_dir(&out_dir)

@@ -45,6 +45,10 @@ pub struct CoordinatorConfig {
     /// checked at start-up so a bad file fails here too.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    /// On SIGTERM, how long in-flight requests may take before open connections are
+    /// closed and the process exits.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub drain_secs: u64,
     /// Parse and check the flags, print the configuration, and exit without loading data,
     /// contacting shards or binding the port.
     #[arg(long)]

@@ -109,7 +109,8 @@ async fn main() -> ExitCode {
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
     health.set(true).await;
     tracing::info!(listen = %cfg.listen, "coordinator serving");
-    let res = tonic::transport::Server::builder()
+    let shutdown = serving::Shutdown::on_signal(health.clone());
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -117,12 +118,12 @@ async fn main() -> ExitCode {
         .add_service(service)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                serving::shutdown_signal().await;
-                health.set(false).await;
-            },
-        )
-        .await;
+            shutdown.requested(),
+        );
+    let res = tokio::select! {
+        res = server => res,
+        _ = shutdown.drain_expired(Duration::from_secs(cfg.drain_secs)) => Ok(()),
+    };
     match res {
         Ok(()) => {
             tracing::info!("coordinator stopped");

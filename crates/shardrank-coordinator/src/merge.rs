@@ -138,7 +138,11 @@ mod tests {
             // Coarse light scores force ties; shard 0 holding better candidates than its
             // share forces shortfalls (placement only sees counts).
             let s = r.below(n as u64) as u32;
-            let boost = if s == 0 && seed % 2 == 0 { 25 } else { 0 };
+            let boost = if s == 0 && seed.is_multiple_of(2) {
+                25
+            } else {
+                0
+            };
             shards[s as usize].push(cand(
                 id * 31 % 100_003,
                 (r.below(50) + boost) as f32,

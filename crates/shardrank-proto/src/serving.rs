@@ -59,8 +59,44 @@ pub fn reflection() -> (
     (v1, v1alpha)
 }
 
-/// Resolves on SIGTERM or Ctrl-C: the server then stops accepting, finishes what is in
-/// flight, and exits.
+/// Stopping: on SIGTERM or Ctrl-C health turns NOT_SERVING, the server stops accepting
+/// and finishes what is in flight; connections that have not closed after the drain
+/// time are dropped, so a stuck client cannot keep the process alive.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Listens for the signal in the background.
+    pub fn on_signal(health: Health) -> Shutdown {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            health.set(false).await;
+            let _ = tx.send(true);
+        });
+        Shutdown { rx }
+    }
+
+    /// Resolves once shutdown was asked for.
+    pub async fn requested(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|&v| v).await;
+    }
+
+    /// Resolves `drain` after shutdown was asked for.
+    pub async fn drain_expired(&self, drain: std::time::Duration) {
+        self.requested().await;
+        tokio::time::sleep(drain).await;
+        tracing::warn!(
+            ?drain,
+            "drain time over: closing the connections still open"
+        );
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -28,6 +28,10 @@ pub struct ShardConfig {
     /// Largest gRPC message accepted, in bytes (a request of N ids is about 8N bytes).
     #[arg(long, default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take before open connections are
+    /// closed and the process exits.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub drain_secs: u64,
     /// Parse and check the flags and the model files, print the configuration, and exit
     /// without loading data or binding the port.
     #[arg(long)]

@@ -10,7 +10,7 @@ use shardrank_shard::ingest;
 use shardrank_shard::service::{ShardService, ShardState};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("shardrank-shard: error: {msg}");
@@ -103,6 +103,7 @@ async fn main() -> ExitCode {
         }
     };
 
+    let shutdown = serving::Shutdown::on_signal(health.clone());
     let service = ShardServer::new(ShardService { state })
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
@@ -112,11 +113,9 @@ async fn main() -> ExitCode {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream_listener(listener), async {
-            serving::shutdown_signal().await;
-            health.set(false).await;
-        });
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.requested());
     tokio::select! {
+        _ = shutdown.drain_expired(Duration::from_secs(cfg.drain_secs)) => ExitCode::SUCCESS,
         res = server => match res {
             Ok(()) => {
                 tracing::info!("shard stopped");
@@ -128,6 +127,6 @@ async fn main() -> ExitCode {
     }
 }
 
-fn tokio_stream_listener(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+fn incoming(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
 }

@@ -124,8 +124,8 @@ impl HeavyModel {
             self.forward_block(xb.as_flattened(), rows, scratch, &mut logits);
             for (o, l) in ob.iter_mut().zip(&logits[..rows]) {
                 let mut s = 0.0f32;
-                for h in 0..4 {
-                    s += self.head_weights[h] * sigmoid(l[h]);
+                for (hw, &logit) in self.head_weights.iter().zip(l) {
+                    s += hw * sigmoid(logit);
                 }
                 *o = s;
             }
@@ -142,8 +142,8 @@ impl HeavyModel {
             let a = &s.a2[r * self.h2..(r + 1) * self.h2];
             for (k, &av) in a.iter().enumerate() {
                 let wk = &self.w3[k * 4..k * 4 + 4];
-                for h in 0..4 {
-                    l[h] += av * wk[h];
+                for (lh, wh) in l.iter_mut().zip(wk) {
+                    *lh += av * wh;
                 }
             }
         }

@@ -17,8 +17,8 @@ impl LightModel {
     #[inline]
     pub fn score(&self, x: &[f32; NUM_FEATURES]) -> f32 {
         let mut z = self.bias;
-        for i in 0..NUM_FEATURES {
-            z += self.weights[i] * x[i];
+        for (w, v) in self.weights.iter().zip(x) {
+            z += w * v;
         }
         sigmoid(z)
     }

@@ -1,0 +1,31 @@
+# shardrank: the two commands of the README, and the pieces they are made of.
+.PHONY: all build release demo test test-unit test-cluster fmt lint clean
+
+CARGO ?= cargo
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+# The main job: a local 4x1 cluster, real Rank requests, a short report, clean stop.
+demo: release
+	deploy/local/demo.sh target/release
+
+# Every test: unit tests, then the cluster tests against the real binaries. The
+# binaries are built first because the cluster tests start them as processes.
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

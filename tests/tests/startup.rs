@@ -1,0 +1,271 @@
+//! Bad start-up input: a clear message and a non-zero exit, never a hang or a panic.
+
+use shardrank_tests::{free_port, run, scratch_dir, Proc};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn assert_fails(binary: &str, args: &[&str], needle: &str) {
+    let (code, _, err) = run(binary, args, T);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "{binary} {args:?} should fail, exit {code:?}"
+    );
+    assert!(
+        err.contains(needle),
+        "{binary} {args:?}: stderr lacks {needle:?}:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_flags_are_named() {
+    assert_fails(
+        "shardrank-shard",
+        &["--shard-index", "4", "--num-shards", "4"],
+        "--shard-index 4",
+    );
+    assert_fails("shardrank-shard", &["--num-shards", "0"], "--num-shards");
+    assert_fails("shardrank-shard", &["--no-such-flag"], "--no-such-flag");
+    assert_fails("shardrank-shard", &["--corpus", "huge"], "huge");
+    assert_fails(
+        "shardrank-shard",
+        &["--events", "/nonexistent/events.jsonl"],
+        "/nonexistent/events.jsonl",
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--shards", "localhost:7001"],
+        "http://",
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--shards", "http://a:1|http://b:1"],
+        "replicas",
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--heavy-candidates", "0", "--check-config"],
+        "--heavy-candidates",
+    );
+    assert_fails("shardrank", &["gen", "--corpus", "tiny"], "--out");
+}
+
+#[test]
+fn check_config_validates_without_serving() {
+    let (code, out, _) = run(
+        "shardrank-shard",
+        &["--shard-index", "1", "--num-shards", "4", "--check-config"],
+        T,
+    );
+    assert_eq!(code, Some(0));
+    assert!(out.contains("shard 1 of 4"), "{out}");
+    let (code, out, _) = run(
+        "shardrank-coordinator",
+        &[
+            "--shards",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--check-config",
+        ],
+        T,
+    );
+    assert_eq!(code, Some(0));
+    assert!(out.contains("2 shards"), "{out}");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let (code, out, _) = run("shardrank-shard", &["--help"], T);
+    assert_eq!(code, Some(0));
+    for flag in [
+        "--listen",
+        "--shard-index",
+        "--num-shards",
+        "--corpus",
+        "--corpus-seed",
+        "--events",
+        "--model-dir",
+        "--check-config",
+    ] {
+        assert!(out.contains(flag), "shard --help lacks {flag}");
+    }
+    let (_, out, _) = run("shardrank-coordinator", &["--help"], T);
+    for flag in [
+        "--listen",
+        "--shards",
+        "--corpus",
+        "--events",
+        "--heavy-candidates",
+        "--request-timeout-ms",
+    ] {
+        assert!(out.contains(flag), "coordinator --help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_model_file_of_the_wrong_shape_names_the_tensor() {
+    let dir = scratch_dir("model");
+    // Take the shipped models and swap in a light model trained on 3 features.
+    let (code, _, err) = run(
+        "shardrank",
+        &["model", "export", "--out-dir", dir.to_str().unwrap()],
+        T,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // A safetensors file whose `weight` is [1, 3].
+    let header = br#"{"weight":{"dtype":"F32","shape":[1,3],"data_offsets":[0,12]},"bias":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(dir.join("light.safetensors"), bytes).unwrap();
+    for binary in ["shardrank-shard", "shardrank-coordinator"] {
+        assert_fails(
+            binary,
+            &["--model-dir", dir.to_str().unwrap(), "--check-config"],
+            "`weight` has shape [1, 3], expected [1, 18]",
+        );
+    }
+    let (code, _, err) = run(
+        "shardrank",
+        &["model", "check", "--model-dir", dir.to_str().unwrap()],
+        T,
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("light.safetensors"), "{err}");
+}
+
+#[test]
+fn a_malformed_events_line_stops_the_shard_naming_the_line() {
+    let dir = scratch_dir("events");
+    let file = dir.join("events.jsonl");
+    let good =
+        r#"{"type":"new_tweet","id":1,"author_id":2,"created_at":3,"lang":"en","text_len":5}"#;
+    std::fs::write(
+        &file,
+        format!("{good}\n{good}\n{{\"type\":\"like\",\"user_id\":1}}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--events",
+        file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < T,
+            "shard kept running with a malformed events file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert!(
+        log.contains("line 3") && log.contains("tweet_id") && log.contains("events.jsonl"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
+    let dir = scratch_dir("mismatch");
+    let ports = [free_port(), free_port()];
+    let mut shards = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shard-index",
+            &i.to_string(),
+            "--num-shards",
+            "2",
+            "--corpus",
+            "tiny",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        shards.push(Proc::spawn(
+            "shardrank-shard",
+            &args,
+            dir.join(format!("s{i}.log")),
+        ));
+    }
+    // Swapped order: the shard at index 0 of the list says it is shard 1.
+    let list = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        ports[1], ports[0]
+    );
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(
+            "shardrank-coordinator",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &list,
+                "--corpus",
+                "tiny",
+            ],
+            T,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("mismatch"), "{err}");
+
+    // A list of three for shards that say "of 2": also refused.
+    let list = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{},http://127.0.0.1:{}",
+        ports[0], ports[1], ports[1]
+    );
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(
+            "shardrank-coordinator",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &list,
+                "--corpus",
+                "tiny",
+            ],
+            T,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("of 3"), "{err}");
+
+    // Unreachable shards: a clear error once the wait is over.
+    let (code, _, err) = run(
+        "shardrank-coordinator",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "http://127.0.0.1:1",
+            "--corpus",
+            "tiny",
+            "--shard-wait-secs",
+            "1",
+        ],
+        T,
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("not ready in time") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+}
