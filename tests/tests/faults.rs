@@ -81,3 +81,38 @@ async fn a_killed_shard_gives_a_flagged_partial_answer() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shard_is_reported_missing_within_the_deadline() {
+    let c = Cluster::start(3, &["--corpus", "tiny"]).await;
+    let facts = Facts::of("tiny", 42);
+    let ids: Vec<u64> = facts.tweets[..3000].to_vec();
+    let stopped = c.shards[1].child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &stopped])
+        .status()
+        .unwrap()
+        .success());
+    let mut client = c.client().await;
+    let mut req = tonic::Request::new(RankRequest {
+        user_id: facts.users[0],
+        candidate_ids: ids,
+        top_k: 20,
+    });
+    req.set_timeout(std::time::Duration::from_millis(600));
+    let t0 = std::time::Instant::now();
+    let res = client.rank(req).await;
+    let took = t0.elapsed();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &stopped])
+        .status();
+    let r = res
+        .expect("a stalled shard must not fail the request")
+        .into_inner();
+    assert_eq!(r.missing_shards, vec![1]);
+    assert_eq!(r.candidates.len(), 20);
+    assert!(
+        took < std::time::Duration::from_millis(600),
+        "answered after {took:?}"
+    );
+}

@@ -17,6 +17,9 @@ use tokio::time::Instant;
 
 pub const DEFAULT_TOP_K: u32 = 100;
 pub const MAX_TOP_K: u32 = 1000;
+/// A second round is not started with less time than this left: the shards that did
+/// answer would time out too. The answer is then the best of what round one brought.
+const MIN_SECOND_ROUND: Duration = Duration::from_millis(5);
 /// Below this many ids, routing runs inline; above, on the blocking pool (md5 of 100k
 /// ids is milliseconds of CPU that must not stall the async workers).
 const INLINE_ROUTING: usize = 4096;
@@ -26,6 +29,13 @@ pub struct Ranker {
     pub users: Arc<RwLock<UserStore>>,
     pub heavy_candidates: usize,
     pub max_candidates: usize,
+}
+
+/// What a shard call may take of the time left: the rest minus room to merge and answer,
+/// so that a stalled shard is reported in `missing_shards` before the client gives up.
+pub fn shard_budget(left: Duration) -> Duration {
+    let reserve = (left / 10).clamp(Duration::from_millis(2), Duration::from_millis(50));
+    left.saturating_sub(reserve).max(Duration::from_millis(1))
 }
 
 /// Checks top_k and the request size; returns the effective top_k.
@@ -108,9 +118,7 @@ impl Ranker {
                 heavy_skip: c.skip as u32,
                 heavy_count: c.count as u32,
             };
-            let timeout = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
+            let timeout = shard_budget(deadline.saturating_duration_since(Instant::now()));
             set.spawn(async move { (c.shard, handle.rank(req, timeout).await) });
         }
         let mut out = Vec::with_capacity(set.len());
@@ -181,7 +189,7 @@ impl Ranker {
                     parts.push(part);
                 }
                 Err(e) => {
-                    tracing::warn!(shard, error = %e, "shard failed: answering without it");
+                    tracing::warn!(shard, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "shard failed: answering without it");
                     missing.push(shard);
                     errors.push(format!("shard {shard}: {e}"));
                 }
@@ -192,7 +200,16 @@ impl Ranker {
         }
 
         // Round two, only where a shard's first share may have been too small.
-        let refetch = merge::shortfall(&parts, h);
+        let mut refetch = merge::shortfall(&parts, h);
+        if !refetch.is_empty()
+            && deadline.saturating_duration_since(Instant::now()) < MIN_SECOND_ROUND
+        {
+            tracing::warn!(
+                shards = refetch.len(),
+                "no time left for a second round: answering from round one"
+            );
+            refetch.clear();
+        }
         if !refetch.is_empty() {
             let calls = refetch
                 .iter()
@@ -250,6 +267,23 @@ impl Ranker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_budget_leaves_room_to_merge() {
+        assert_eq!(
+            shard_budget(Duration::from_millis(2000)),
+            Duration::from_millis(1950)
+        );
+        assert_eq!(
+            shard_budget(Duration::from_millis(100)),
+            Duration::from_millis(90)
+        );
+        assert_eq!(
+            shard_budget(Duration::from_millis(10)),
+            Duration::from_millis(8)
+        );
+        assert_eq!(shard_budget(Duration::ZERO), Duration::from_millis(1));
+    }
 
     #[test]
     fn top_k_limits() {

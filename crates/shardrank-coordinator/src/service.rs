@@ -47,7 +47,9 @@ impl CoordinatorService {
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
-        let deadline = tokio::time::Instant::now() + self.budget(&request);
+        let budget = self.budget(&request);
+        tracing::debug!(budget_ms = budget.as_millis() as u64, header = ?request.metadata().get("grpc-timeout"), "rank request");
+        let deadline = tokio::time::Instant::now() + budget;
         let req = request.into_inner();
         let n = req.candidate_ids.len();
         let span = tracing::debug_span!(
