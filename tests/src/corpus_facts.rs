@@ -100,11 +100,13 @@ pub fn reference_answer(
 
 /// A whole-corpus store and the user store, as a one-shard cluster would hold them.
 pub fn load_single(spec: &CorpusSpec) -> (PostStore, UserStore) {
-    let mut store = PostStore::new(0, 1);
+    let mut store = PostStore::new(0, 1, Models::builtin().light);
+    store.begin_load();
     let mut users = UserStore::default();
     generate(spec, |e| {
         store.apply(&e);
         users.apply(&e);
     });
+    store.finish_load();
     (store, users)
 }

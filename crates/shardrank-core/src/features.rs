@@ -22,7 +22,7 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "log_likes",
     "log_retweets",
     "log_replies",
-    "engagement_rate",
+    "log_engagement_per_follower",
     "log_streamed_engagement",
     "same_language",
     "author_followed",
@@ -75,6 +75,76 @@ fn ln1p(x: u32) -> f32 {
     (x as f32).ln_1p()
 }
 
+#[inline]
+fn weighted_engagement(post: &PostView) -> f32 {
+    post.likes as f32 + 2.0 * post.retweets as f32 + 3.0 * post.replies as f32
+}
+
+/// The light ranker's logit in three parts, so that a shard can keep the parts that do
+/// not depend on the request per post and per author, and compute per candidate only
+/// the age and user terms. The model is linear, so the sum is the same model; every
+/// shard sums the parts in the same order, so every shard gets the same bits.
+pub mod light_parts {
+    use super::*;
+    use crate::model::LightModel;
+
+    /// Post-only terms: media, reply, length, engagement (features 2-5, 8-10, 12 and the
+    /// post half of 11).
+    pub fn post(m: &LightModel, post: &PostView) -> f32 {
+        let w = &m.weights;
+        let mut z = w[2] * post.has_media as u32 as f32;
+        z += w[3] * post.is_reply as u32 as f32;
+        z += w[4] * (post.text_len as f32 / 280.0);
+        z += w[5] * (post.text_len < 40) as u32 as f32;
+        z += w[8] * ln1p(post.likes);
+        z += w[9] * ln1p(post.retweets);
+        z += w[10] * ln1p(post.replies);
+        z += w[11] * weighted_engagement(post).ln_1p();
+        z += w[12] * ln1p(post.streamed);
+        z
+    }
+
+    /// Author-only terms: followers, posts (features 6, 7 and the author half of 11).
+    pub fn author(m: &LightModel, followers: u32, posts: u32) -> f32 {
+        let w = &m.weights;
+        let mut z = w[6] * ln1p(followers);
+        z += w[7] * ln1p(posts);
+        z -= w[11] * (followers as f32 + 10.0).ln();
+        z
+    }
+
+    /// The light score from the stored parts plus the age and user terms.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        m: &LightModel,
+        post_part: f32,
+        author_part: f32,
+        created_at: i64,
+        post_lang: Lang,
+        has_media: bool,
+        author_cluster: u32,
+        author_followed: bool,
+        user: &UserView,
+        now_ms: i64,
+    ) -> f32 {
+        let w = &m.weights;
+        let age_h = ((now_ms - created_at).max(0) as f32) / 3_600_000.0;
+        let freshness = (-age_h / 24.0).exp();
+        let followed = author_followed as u32 as f32;
+        let interest = user.interest_in(author_cluster);
+        let mut z = m.bias + post_part + author_part;
+        z += w[0] * age_h.ln_1p();
+        z += w[1] * freshness;
+        z += w[13] * (user.known && user.lang != UNKNOWN && user.lang == post_lang) as u32 as f32;
+        z += w[14] * followed;
+        z += w[15] * interest;
+        z += w[16] * followed * freshness;
+        z += w[17] * has_media as u32 as f32 * interest;
+        crate::model::sigmoid(z)
+    }
+}
+
 /// Fills `out` with the features of `post` for `user` at event time `now_ms`.
 #[inline]
 pub fn extract(
@@ -89,7 +159,7 @@ pub fn extract(
     let media = post.has_media as u32 as f32;
     let followed = author_followed as u32 as f32;
     let interest = user.interest_in(post.author_cluster);
-    let weighted = post.likes as f32 + 2.0 * post.retweets as f32 + 3.0 * post.replies as f32;
+    let weighted = weighted_engagement(post);
     out[0] = age_h.ln_1p();
     out[1] = freshness;
     out[2] = media;
@@ -101,7 +171,7 @@ pub fn extract(
     out[8] = ln1p(post.likes);
     out[9] = ln1p(post.retweets);
     out[10] = ln1p(post.replies);
-    out[11] = (weighted / (post.author_followers as f32 + 10.0)).ln_1p();
+    out[11] = weighted.ln_1p() - (post.author_followers as f32 + 10.0).ln();
     out[12] = ln1p(post.streamed);
     out[13] = (user.known && user.lang != UNKNOWN && user.lang == post.lang) as u32 as f32;
     out[14] = followed;
@@ -147,12 +217,31 @@ mod tests {
         assert_eq!(f[5], 1.0);
         assert!(close(f[6], (991.0f64).ln()));
         assert!(close(f[8], (10.0f64).ln()));
-        assert!(close(f[11], (11.0f64 / 1000.0).ln_1p()));
+        assert!(close(f[11], (12.0f64).ln() - (1000.0f64).ln()));
         assert_eq!(f[13], 1.0);
         assert_eq!(f[14], 1.0);
         assert_eq!(f[15], 0.5);
         assert!(close(f[16], (-1.0f64).exp()));
         assert_eq!(f[17], 0.5);
+        // The split light score is the same model as the dot product over the vector.
+        let m = crate::model::defaults::light();
+        let fast = light_parts::score(
+            &m,
+            light_parts::post(&m, &post),
+            light_parts::author(&m, post.author_followers, post.author_posts),
+            post.created_at,
+            post.lang,
+            post.has_media,
+            post.author_cluster,
+            true,
+            &user,
+            24 * 3_600_000,
+        );
+        assert!(
+            (fast - m.score(&f)).abs() < 1e-6,
+            "{fast} vs {}",
+            m.score(&f)
+        );
         // A cold-start user has no personal features.
         extract(&post, false, &UserView::default(), 24 * 3_600_000, &mut f);
         assert_eq!(

@@ -3,11 +3,18 @@
 
 use crate::store::PostStore;
 use shardrank_core::events::EventError;
+use shardrank_core::model::LightModel;
 use shardrank_core::source::Source;
 
 /// Loads a new store for partition `index` of `num_shards` from `source`.
-pub fn load(source: &Source, index: u32, num_shards: u32) -> Result<PostStore, EventError> {
-    let mut store = PostStore::new(index, num_shards);
+pub fn load(
+    source: &Source,
+    index: u32,
+    num_shards: u32,
+    light: LightModel,
+) -> Result<PostStore, EventError> {
+    let mut store = PostStore::new(index, num_shards, light);
+    store.begin_load();
     if let Some(tweets) = source.expected_tweets() {
         // An even md5 spread plus slack, so the columns are allocated once.
         store.reserve(
@@ -15,5 +22,6 @@ pub fn load(source: &Source, index: u32, num_shards: u32) -> Result<PostStore, E
         );
     }
     source.for_each(|e| store.apply(&e))?;
+    store.finish_load();
     Ok(store)
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod index;
 pub mod ingest;
 pub mod rank;
 pub mod service;

@@ -68,9 +68,11 @@ async fn main() -> ExitCode {
         let state = state.clone();
         let health = health.clone();
         let (index, n) = (cfg.shard_index, cfg.num_shards);
+        let light = state.models.light.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let res = tokio::task::spawn_blocking(move || ingest::load(&source, index, n)).await;
+            let res =
+                tokio::task::spawn_blocking(move || ingest::load(&source, index, n, light)).await;
             match res {
                 Ok(Ok(store)) => {
                     tracing::info!(

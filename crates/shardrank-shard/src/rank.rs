@@ -10,9 +10,10 @@
 //! The coordinator chooses the slice (see its `placement` and `merge`) so that the
 //! union of the shards' slices holds the global top H by light score.
 
+use crate::index::prefetch;
 use crate::store::PostStore;
 use rayon::prelude::*;
-use shardrank_core::features::{extract, UserView, NUM_FEATURES};
+use shardrank_core::features::{extract, light_parts, UserView, NUM_FEATURES};
 use shardrank_core::model::heavy::Scratch;
 use shardrank_core::model::Models;
 use shardrank_core::topk::{keep_top, merge_top, Ranked};
@@ -98,17 +99,16 @@ fn features(
     out: &mut [f32; NUM_FEATURES],
 ) {
     let post = store.view(row);
-    let followed = user.view.known
-        && user
-            .followees
-            .binary_search(&store.author[row as usize])
-            .is_ok();
+    let followed = user.view.known && user.followees.binary_search(&store.author(row)).is_ok();
     extract(&post, followed, &user.view, now_ms, out);
 }
 
+/// Ids looked up together: their index slots are prefetched first, then their hot
+/// rows, so the cache misses of a batch overlap instead of queueing one by one.
+const BATCH: usize = 32;
+
 fn light_chunk(
     store: &PostStore,
-    models: &Models,
     user: &RequestUser,
     ids: &[u64],
     seen: &[AtomicU64],
@@ -118,31 +118,56 @@ fn light_chunk(
     let mut top = Vec::with_capacity(ids.len());
     let mut unknown_ids = Vec::new();
     let mut excluded = 0;
-    let mut x = [0.0f32; NUM_FEATURES];
-    for &id in ids {
-        let Some(row) = store.row(id) else {
-            unknown_ids.push(id);
-            continue;
-        };
-        let bit = 1u64 << (row % 64);
-        if seen[(row / 64) as usize].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
-            continue; // a repeated id: ranked once
+    let light = store.light_model();
+    let index = store.index();
+    let mut rows = [0u32; BATCH];
+    for batch in ids.chunks(BATCH) {
+        for &id in batch {
+            index.prefetch(id);
         }
-        if !user.excluded.is_empty()
-            && user
-                .excluded
-                .binary_search(&store.author[row as usize])
-                .is_ok()
-        {
-            excluded += 1;
-            continue;
+        for (r, &id) in rows.iter_mut().zip(batch) {
+            *r = match index.get(id) {
+                Some(row) => {
+                    prefetch(&store.hot[row as usize]);
+                    row
+                }
+                None => u32::MAX,
+            };
         }
-        features(store, user, row, now_ms, &mut x);
-        top.push(Scored {
-            light: models.light.score(&x),
-            id,
-            row,
-        });
+        for (&row, &id) in rows.iter().zip(batch) {
+            if row == u32::MAX {
+                unknown_ids.push(id);
+                continue;
+            }
+            let bit = 1u64 << (row % 64);
+            if seen[(row / 64) as usize].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+                continue; // a repeated id: ranked once
+            }
+            let h = &store.hot[row as usize];
+            let a = h.author;
+            if !user.excluded.is_empty() && user.excluded.binary_search(&a).is_ok() {
+                excluded += 1;
+                continue;
+            }
+            let followed = user.view.known && user.followees.binary_search(&a).is_ok();
+            let score = light_parts::score(
+                light,
+                h.light_part,
+                store.authors.light_part[a as usize],
+                h.created_at,
+                h.lang,
+                h.has_media(),
+                store.authors.cluster[a as usize],
+                followed,
+                &user.view,
+                now_ms,
+            );
+            top.push(Scored {
+                light: score,
+                id,
+                row,
+            });
+        }
     }
     let eligible = top.len();
     keep_top(&mut top, keep);
@@ -164,12 +189,10 @@ pub fn rank(store: &PostStore, models: &Models, user: &RequestUser, p: &RankPara
     let chunks: Vec<ChunkResult> = if p.ids.len() > CHUNK {
         p.ids
             .par_chunks(CHUNK)
-            .map(|c| light_chunk(store, models, user, c, &seen, p.now_ms, keep))
+            .map(|c| light_chunk(store, user, c, &seen, p.now_ms, keep))
             .collect()
     } else {
-        vec![light_chunk(
-            store, models, user, p.ids, &seen, p.now_ms, keep,
-        )]
+        vec![light_chunk(store, user, p.ids, &seen, p.now_ms, keep)]
     };
     let mut out = RankOutput::default();
     let mut unknown: Vec<u64> = Vec::new();
@@ -210,7 +233,7 @@ mod tests {
 
     fn store(index: u32, n: u32) -> PostStore {
         let spec = CorpusSpec::named("tiny", 42).unwrap();
-        let mut s = PostStore::new(index, n);
+        let mut s = PostStore::new(index, n, Models::builtin().light);
         generate(&spec, |e| s.apply(&e));
         s
     }
@@ -274,9 +297,9 @@ mod tests {
         let m = Models::builtin();
         let a = s.ids[0];
         let b = s.ids[1];
-        let author_b = s.authors.ids[s.author[1] as usize];
+        let author_b = s.authors.ids[s.author(1) as usize];
         let u = RequestUser::new(&s, UserView::default(), &[], &[author_b]);
-        let excluded_rows = s.author.iter().filter(|&&x| x == s.author[1]).count();
+        let excluded_rows = s.hot.iter().filter(|h| h.author == s.author(1)).count();
         let mut ids: Vec<u64> = vec![a, a, 5, 5, 6, b];
         ids.extend(s.ids.iter().copied());
         let out = rank(
@@ -296,7 +319,7 @@ mod tests {
         assert!(out
             .items
             .iter()
-            .all(|(c, _)| s.author[c.row as usize] != s.author[1]));
+            .all(|(c, _)| s.author(c.row) != s.author(1)));
     }
 
     #[test]
@@ -316,7 +339,6 @@ mod tests {
         let par = rank(&s, &m, &u, &p);
         let one = light_chunk(
             &s,
-            &m,
             &u,
             &ids,
             &(0..s.len() / 64 + 1)

@@ -104,7 +104,7 @@ impl Shard for ShardService {
             let authors: Vec<u64> = out
                 .items
                 .iter()
-                .map(|(c, _)| store.authors.ids[store.author[c.row as usize] as usize])
+                .map(|(c, _)| store.authors.ids[store.author(c.row) as usize])
                 .collect();
             (out, authors)
         })

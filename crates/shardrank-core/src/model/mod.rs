@@ -84,7 +84,7 @@ impl Models {
 }
 
 #[inline]
-pub(crate) fn sigmoid(x: f32) -> f32 {
+pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 

@@ -1,0 +1,197 @@
+//! Microbenchmarks of the hot path, per candidate (divan reports time per iteration;
+//! each benchmark says what one iteration is). Run: `cargo bench -p shardrank-shard`.
+//!
+//! - routing: md5 of one decimal id and its shard, scalar and eight lanes at a time;
+//! - store lookup: one id -> row on a 250,000-post partition (a random memory access);
+//! - light ranker: one candidate's light score from the stored parts;
+//! - heavy ranker: one candidate through the MLP, in batches of 1000;
+//! - merge: the coordinator's exact merge of 4 shard answers of 300;
+//! - shard rank: a whole in-process Rank of 25,000 candidates (one shard's share of a
+//!   100k request), per candidate.
+
+use divan::{black_box, Bencher};
+use shardrank_core::corpus::{generate, CorpusSpec, CORPUS_END_MS};
+use shardrank_core::features::{extract, light_parts, UserView, NUM_FEATURES};
+use shardrank_core::model::heavy::Scratch;
+use shardrank_core::model::Models;
+use shardrank_core::rng::Rng;
+use shardrank_core::routing;
+use shardrank_shard::rank::{rank, RankParams, RequestUser};
+use shardrank_shard::store::PostStore;
+use std::sync::OnceLock;
+
+fn main() {
+    divan::main();
+}
+
+/// Shard 0 of 4 of the standard corpus, built once.
+fn store() -> &'static PostStore {
+    static S: OnceLock<PostStore> = OnceLock::new();
+    S.get_or_init(|| {
+        let spec = CorpusSpec::named("standard", 42).unwrap();
+        let mut s = PostStore::new(0, 4, Models::builtin().light);
+        s.begin_load();
+        generate(&spec, |e| s.apply(&e));
+        s.finish_load();
+        s
+    })
+}
+
+fn random_ids(n: usize) -> Vec<u64> {
+    let s = store();
+    let mut r = Rng::new(5);
+    (0..n)
+        .map(|_| s.ids[r.below(s.ids.len() as u64) as usize])
+        .collect()
+}
+
+const N: usize = 4096;
+
+#[divan::bench(items_count = N)]
+fn routing_scalar_md5(b: Bencher) {
+    let ids = random_ids(N);
+    b.bench(|| {
+        ids.iter()
+            .map(|&id| routing::shard_of(black_box(id), 4))
+            .sum::<u32>()
+    });
+}
+
+#[divan::bench(items_count = N)]
+fn routing_md5_8_lanes(b: Bencher) {
+    let ids = random_ids(N);
+    let mut out = vec![0u32; N];
+    b.bench_local(|| shardrank_core::md5x8::shards(black_box(&ids), 4, &mut out));
+}
+
+#[divan::bench(items_count = N)]
+fn routing_partition(b: Bencher) {
+    let ids = random_ids(N);
+    b.bench(|| routing::partition(black_box(&ids), 4));
+}
+
+#[divan::bench(items_count = N)]
+fn store_lookup(b: Bencher) {
+    let s = store();
+    let ids = random_ids(N);
+    b.bench(|| {
+        ids.iter()
+            .map(|&id| s.row(black_box(id)).unwrap_or(0) as u64)
+            .sum::<u64>()
+    });
+}
+
+#[divan::bench(items_count = N)]
+fn light_score_from_parts(b: Bencher) {
+    let s = store();
+    let m = Models::builtin();
+    let rows: Vec<u32> = (0..N as u32).map(|i| i * 37 % s.len() as u32).collect();
+    let user = UserView::default();
+    b.bench(|| {
+        rows.iter()
+            .map(|&row| {
+                let h = &s.hot[row as usize];
+                let a = h.author as usize;
+                light_parts::score(
+                    &m.light,
+                    h.light_part,
+                    s.authors.light_part[a],
+                    h.created_at,
+                    h.lang,
+                    h.has_media(),
+                    s.authors.cluster[a],
+                    false,
+                    &user,
+                    CORPUS_END_MS,
+                )
+            })
+            .sum::<f32>()
+    });
+}
+
+#[divan::bench(items_count = N)]
+fn light_score_full_features(b: Bencher) {
+    let s = store();
+    let m = Models::builtin();
+    let rows: Vec<u32> = (0..N as u32).map(|i| i * 37 % s.len() as u32).collect();
+    let user = UserView::default();
+    let mut x = [0.0f32; NUM_FEATURES];
+    b.bench_local(|| {
+        rows.iter()
+            .map(|&row| {
+                extract(&s.view(row), false, &user, CORPUS_END_MS, &mut x);
+                m.light.score(&x)
+            })
+            .sum::<f32>()
+    });
+}
+
+#[divan::bench(items_count = 1000usize)]
+fn heavy_mlp_batch_1000(b: Bencher) {
+    let m = Models::builtin();
+    let mut r = Rng::new(1);
+    let xs: Vec<[f32; NUM_FEATURES]> = (0..1000)
+        .map(|_| std::array::from_fn(|_| r.f64() as f32))
+        .collect();
+    let mut out = vec![0.0; 1000];
+    let mut scratch = Scratch::default();
+    b.bench_local(|| m.heavy.score_batch(black_box(&xs), &mut out, &mut scratch));
+}
+
+#[divan::bench(items_count = 1200usize)]
+fn coordinator_merge_4x300(b: Bencher) {
+    use shardrank_coordinator_merge::*;
+    let parts = parts();
+    b.bench(|| select(black_box(&parts), 1000, 100));
+}
+
+#[divan::bench(items_count = 25_000usize, sample_count = 30)]
+fn shard_rank_25k(b: Bencher) {
+    let s = store();
+    let m = Models::builtin();
+    let ids = random_ids(25_000);
+    let user = RequestUser::new(s, UserView::default(), &[], &[]);
+    b.bench(|| {
+        rank(
+            s,
+            &m,
+            &user,
+            &RankParams {
+                ids: black_box(&ids),
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: 300,
+            },
+        )
+    });
+}
+
+/// The merge lives in the coordinator crate; a copy of its inputs here keeps the bench
+/// free of a dependency cycle.
+mod shardrank_coordinator_merge {
+    pub use shardrank_coordinator::merge::{select, Candidate, ShardPart};
+    use shardrank_core::rng::Rng;
+
+    pub fn parts() -> Vec<ShardPart> {
+        let mut r = Rng::new(3);
+        (0..4)
+            .map(|s| {
+                let mut items: Vec<Candidate> = (0..300)
+                    .map(|i| Candidate {
+                        id: i * 4 + s,
+                        author_id: 0,
+                        light: r.f64() as f32,
+                        heavy: r.f64() as f32,
+                        shard: s as u32,
+                    })
+                    .collect();
+                items.sort_by(|a, b| shardrank_core::topk::rank_cmp(a.light, a.id, b.light, b.id));
+                ShardPart {
+                    shard: s as u32,
+                    items,
+                    eligible: 25_000,
+                }
+            })
+            .collect()
+    }
+}
