@@ -1,5 +1,5 @@
 # shardrank: the two commands of the README, and the pieces they are made of.
-.PHONY: all build release demo test test-unit test-cluster fmt lint clean
+.PHONY: all build release demo test bench bench-scaling microbench fmt lint clean
 
 CARGO ?= cargo
 
@@ -19,6 +19,18 @@ demo: release
 # binaries are built first because the cluster tests start them as processes.
 test: build
 	$(CARGO) test --workspace --no-fail-fast
+
+# Load figures of bench/WORKLOADS.md on a local 4x1 cluster (see BENCHMARKS.md).
+bench: release
+	bench/run.sh
+
+# Latency against candidates per request and against shards on one machine.
+bench-scaling: release
+	bench/scaling.sh
+
+# Per-candidate costs of the hot path (divan).
+microbench:
+	$(CARGO) bench -p shardrank-shard
 
 fmt:
 	$(CARGO) fmt --all

@@ -39,6 +39,15 @@ enum Command {
     },
     /// Send Rank requests with candidates drawn from a corpus; print answers and latency.
     Rank(rank::RankArgs),
+    /// Wait until a server's health check says SERVING (exit 0), or time out (exit 2).
+    Wait {
+        /// The server's URL.
+        #[arg(long, default_value = "http://127.0.0.1:7000")]
+        target: String,
+        /// How long to wait.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        timeout_secs: u64,
+    },
     /// Model files.
     Model {
         #[command(subcommand)]
@@ -93,13 +102,28 @@ fn gen(corpus: &str, seed: u64, out: &PathBuf) -> Result<String, String> {
     ))
 }
 
+fn block_on<F: std::future::Future<Output = Result<String, String>>>(
+    f: F,
+) -> Result<String, String> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => Err(format!("starting the runtime: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Rank(args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(rank::run(args)),
-            Err(e) => Err(format!("starting the runtime: {e}")),
-        },
+        Command::Rank(args) => block_on(rank::run(args)),
+        Command::Wait { target, timeout_secs } => block_on(async move {
+            let t0 = std::time::Instant::now();
+            rank::wait_serving(&target, std::time::Duration::from_secs(timeout_secs))
+                .await
+                .map(|_| format!("{target} is serving (after {:.2} s)", t0.elapsed().as_secs_f64()))
+        }),
         Command::Gen { corpus, corpus_seed, out } => gen(&corpus, corpus_seed, &out),
         Command::Model { command: ModelCommand::Export { out_dir } } => Models::builtin()
             .save_dir(&out_dir)

@@ -45,7 +45,7 @@ pub struct RankArgs {
     seed: u64,
 }
 
-async fn wait_serving(target: &str, within: Duration) -> Result<Channel, String> {
+pub async fn wait_serving(target: &str, within: Duration) -> Result<Channel, String> {
     let endpoint = Channel::from_shared(target.to_string())
         .map_err(|e| format!("--target {target:?}: {e}"))?;
     let t0 = Instant::now();
