@@ -35,6 +35,7 @@ pub struct HeavyModel {
 /// Reusable buffers for [`HeavyModel::score_batch`].
 #[derive(Default)]
 pub struct Scratch {
+    x: Vec<f32>,
     a1: Vec<f32>,
     a2: Vec<f32>,
 }
@@ -104,6 +105,44 @@ fn dense_relu(x: &[f32], rows: usize, n_in: usize, w: &[f32], b: &[f32], out: &m
         r0 += MR;
     }
 }
+
+/// The same computation as [`dense_relu`] for a compile-time shape: every bound is a
+/// constant, so the accumulators stay in registers and no index is checked. Same
+/// order of additions per output (bias, then inputs in order): the same bits.
+#[inline(always)]
+fn dense_relu_fixed<const NIN: usize, const NOUT: usize>(
+    x: &[[[f32; NIN]; MR]],
+    w: &[[f32; NOUT]],
+    b: &[f32; NOUT],
+    out: &mut [[[f32; NOUT]; MR]],
+) {
+    let w: &[[f32; NOUT]; NIN] = w.try_into().expect("NIN rows");
+    for (xg, og) in x.iter().zip(out.iter_mut()) {
+        for jb in 0..NOUT / NR {
+            let j0 = jb * NR;
+            let mut acc = [[0.0f32; NR]; MR];
+            for a in acc.iter_mut() {
+                a.copy_from_slice(&b[j0..j0 + NR]);
+            }
+            for (k, wk) in w.iter().enumerate() {
+                for r in 0..MR {
+                    let xv = xg[r][k];
+                    for j in 0..NR {
+                        acc[r][j] += xv * wk[j0 + j];
+                    }
+                }
+            }
+            for r in 0..MR {
+                for j in 0..NR {
+                    og[r][j0 + j] = acc[r][j].max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// The hidden width the default model has and the fixed-shape kernel is built for.
+const FIXED_HIDDEN: usize = 64;
 
 impl HeavyModel {
     /// Builds a model from `[out, in]` matrices, as stored in files.
@@ -191,8 +230,37 @@ impl HeavyModel {
     fn forward_block(&self, x: &[f32], rows: usize, s: &mut Scratch, logits: &mut [[f32; 4]]) {
         s.a1.resize(BLOCK * self.h1, 0.0);
         s.a2.resize(BLOCK * self.h2, 0.0);
-        dense_relu(x, rows, NUM_FEATURES, &self.w1, &self.b1, &mut s.a1);
-        dense_relu(&s.a1, rows, self.h1, &self.w2, &self.b2, &mut s.a2);
+        if self.h1 == FIXED_HIDDEN && self.h2 == FIXED_HIDDEN {
+            // Pad to whole groups of MR rows so the fixed kernel has no partial group.
+            let groups = rows.div_ceil(MR);
+            s.x.clear();
+            s.x.extend_from_slice(&x[..rows * NUM_FEATURES]);
+            s.x.resize(groups * MR * NUM_FEATURES, 0.0);
+            let (xg, _) = s.x.as_chunks::<NUM_FEATURES>();
+            let (xg, _) = xg.as_chunks::<MR>();
+            let (w1, _) = self.w1.as_chunks::<FIXED_HIDDEN>();
+            let (w2, _) = self.w2.as_chunks::<FIXED_HIDDEN>();
+            let b1: &[f32; FIXED_HIDDEN] = self.b1[..].try_into().expect("64 wide");
+            let b2: &[f32; FIXED_HIDDEN] = self.b2[..].try_into().expect("64 wide");
+            {
+                let (a1, _) = s.a1.as_chunks_mut::<FIXED_HIDDEN>();
+                let (a1, _) = a1.as_chunks_mut::<MR>();
+                dense_relu_fixed::<NUM_FEATURES, FIXED_HIDDEN>(xg, w1, b1, &mut a1[..groups]);
+            }
+            let (a1, _) = s.a1.as_chunks::<FIXED_HIDDEN>();
+            let (a1, _) = a1.as_chunks::<MR>();
+            let (a2, _) = s.a2.as_chunks_mut::<FIXED_HIDDEN>();
+            let (a2, _) = a2.as_chunks_mut::<MR>();
+            dense_relu_fixed::<FIXED_HIDDEN, FIXED_HIDDEN>(
+                &a1[..groups],
+                w2,
+                b2,
+                &mut a2[..groups],
+            );
+        } else {
+            dense_relu(x, rows, NUM_FEATURES, &self.w1, &self.b1, &mut s.a1);
+            dense_relu(&s.a1, rows, self.h1, &self.w2, &self.b2, &mut s.a2);
+        }
         for (r, l) in logits.iter_mut().enumerate().take(rows) {
             *l = self.b3;
             let a = &s.a2[r * self.h2..(r + 1) * self.h2];
@@ -328,6 +396,28 @@ mod tests {
                 assert_eq!(a.to_bits(), b.to_bits());
             }
         }
+    }
+
+    #[test]
+    fn fixed_shape_kernel_gives_the_generic_bits() {
+        let m = super::super::defaults::heavy();
+        let xs = rows(8, 4);
+        let flat = xs.as_flattened();
+        let mut s = Scratch::default();
+        let mut fixed = [[0.0f32; 4]; 8];
+        m.forward_block(flat, 7, &mut s, &mut fixed);
+        // The generic kernel on the same rows.
+        let mut a1 = vec![0.0; BLOCK * 64];
+        let mut a2 = vec![0.0; BLOCK * 64];
+        dense_relu(flat, 7, NUM_FEATURES, &m.w1, &m.b1, &mut a1);
+        dense_relu(&a1, 7, 64, &m.w2, &m.b2, &mut a2);
+        assert_eq!(
+            a2[..7 * 64].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            s.a2[..7 * 64]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
