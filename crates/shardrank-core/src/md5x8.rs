@@ -138,25 +138,22 @@ fn compress(m: &[V; 16]) -> [V; 4] {
     ]
 }
 
-/// Lays out the padded MD5 block of each id's decimal string, word-major.
+/// Lays out the padded MD5 block of each id's decimal string, word-major. A decimal
+/// u64 is at most 20 bytes, so only words 0..=5 (digits and the 0x80 pad byte) and word
+/// 14 (the bit length) are not zero: only those are written.
 #[inline(always)]
 fn blocks(ids: &[u64; LANES]) -> [V; 16] {
     let mut m = [[0u32; LANES]; 16];
     let mut buf = itoa::Buffer::new();
     for (l, &id) in ids.iter().enumerate() {
         let s = buf.format(id).as_bytes();
-        let mut block = [0u8; 64];
-        block[..s.len()].copy_from_slice(s);
-        block[s.len()] = 0x80;
-        block[56..64].copy_from_slice(&((s.len() as u64) * 8).to_le_bytes());
-        for (w, word) in m.iter_mut().enumerate() {
-            word[l] = u32::from_le_bytes([
-                block[4 * w],
-                block[4 * w + 1],
-                block[4 * w + 2],
-                block[4 * w + 3],
-            ]);
+        let mut head = [0u8; 24];
+        head[..s.len()].copy_from_slice(s);
+        head[s.len()] = 0x80;
+        for w in 0..6 {
+            m[w][l] = u32::from_le_bytes([head[4 * w], head[4 * w + 1], head[4 * w + 2], head[4 * w + 3]]);
         }
+        m[14][l] = (s.len() as u32) * 8;
     }
     m
 }
