@@ -151,7 +151,12 @@ fn blocks(ids: &[u64; LANES]) -> [V; 16] {
         head[..s.len()].copy_from_slice(s);
         head[s.len()] = 0x80;
         for w in 0..6 {
-            m[w][l] = u32::from_le_bytes([head[4 * w], head[4 * w + 1], head[4 * w + 2], head[4 * w + 3]]);
+            m[w][l] = u32::from_le_bytes([
+                head[4 * w],
+                head[4 * w + 1],
+                head[4 * w + 2],
+                head[4 * w + 3],
+            ]);
         }
         m[14][l] = (s.len() as u32) * 8;
     }

@@ -59,10 +59,32 @@ impl Rng {
     /// rank 0 is the most popular. Inverse CDF of the continuous law, so O(1).
     #[inline]
     pub fn zipf(&mut self, n: u64, s: f64) -> u64 {
+        Zipf::new(n, s).sample(self)
+    }
+}
+
+/// [`Rng::zipf`] with its constants computed once, for drawing many ranks of one law.
+#[derive(Clone, Copy, Debug)]
+pub struct Zipf {
+    n: u64,
+    top: f64,
+    inv_a: f64,
+}
+
+impl Zipf {
+    pub fn new(n: u64, s: f64) -> Zipf {
         let a = 1.0 - s;
-        let top = ((n + 1) as f64).powf(a) - 1.0;
-        let x = (self.f64() * top + 1.0).powf(1.0 / a);
-        ((x as u64).saturating_sub(1)).min(n - 1)
+        Zipf {
+            n,
+            top: ((n + 1) as f64).powf(a) - 1.0,
+            inv_a: 1.0 / a,
+        }
+    }
+
+    #[inline]
+    pub fn sample(&self, r: &mut Rng) -> u64 {
+        let x = (r.f64() * self.top + 1.0).powf(self.inv_a);
+        ((x as u64).saturating_sub(1)).min(self.n - 1)
     }
 }
 

@@ -25,6 +25,9 @@ pub struct ShardState {
     pub store: OnceLock<RwLock<PostStore>>,
 }
 
+/// Requests up to this many candidates are ranked on the async worker itself.
+const INLINE_CANDIDATES: usize = crate::rank::CHUNK;
+
 #[derive(Clone)]
 pub struct ShardService {
     pub state: Arc<ShardState>,
@@ -75,7 +78,7 @@ impl Shard for ShardService {
         request: Request<ShardRankRequest>,
     ) -> Result<Response<ShardRankResponse>, Status> {
         let t0 = Instant::now();
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         self.check_layout(req.shard_index, req.num_shards)?;
         if self.state.store.get().is_none() {
             return Err(ShardError::Loading {
@@ -83,10 +86,11 @@ impl Shard for ShardService {
             }
             .into());
         }
-        let ctx = req.user.unwrap_or_default();
+        let candidates = req.candidate_ids.len();
+        let ctx = req.user.take().unwrap_or_default();
         let view = user_view(&ctx)?;
         let state = self.state.clone();
-        let out = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let store = state
                 .store
                 .get()
@@ -107,9 +111,17 @@ impl Shard for ShardService {
                 .map(|(c, _)| store.authors.ids[store.author(c.row) as usize])
                 .collect();
             (out, authors)
-        })
-        .await
-        .map_err(|e| ShardError::Internal(format!("ranking task failed: {e}")))?;
+        };
+        // A small request ranks in well under a millisecond: running it here saves two
+        // thread hand-offs. A large one goes to the blocking pool (and from there to
+        // all cores), so it never holds an async worker for long.
+        let out = if candidates <= INLINE_CANDIDATES {
+            work()
+        } else {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| ShardError::Internal(format!("ranking task failed: {e}")))?
+        };
         let (out, author_ids) = out;
         Ok(Response::new(ShardRankResponse {
             ids: out.items.iter().map(|(c, _)| c.id).collect(),

@@ -11,7 +11,6 @@
 use crate::index::IdIndex;
 use shardrank_core::events::{EngagementKind, Event, NewTweet, SocialKind};
 use shardrank_core::features::{light_parts, PostView};
-use shardrank_core::ids::IdMap;
 use shardrank_core::lang::Lang;
 use shardrank_core::model::LightModel;
 use shardrank_core::routing::shard_of;
@@ -47,7 +46,7 @@ impl Hot {
 /// Users as authors: what the author features need.
 #[derive(Default)]
 pub struct Authors {
-    index: IdMap<u32>,
+    index: IdIndex,
     pub ids: Vec<u64>,
     pub followers: Vec<u32>,
     pub posts: Vec<u32>,
@@ -59,11 +58,11 @@ pub struct Authors {
 
 impl Authors {
     pub fn get(&self, id: u64) -> Option<u32> {
-        self.index.get(&id).copied()
+        self.index.get(id)
     }
 
     fn get_or_insert(&mut self, id: u64) -> u32 {
-        if let Some(&i) = self.index.get(&id) {
+        if let Some(i) = self.index.get(id) {
             return i;
         }
         let i = self.ids.len() as u32;
@@ -333,7 +332,7 @@ impl PostStore {
     }
 
     pub fn author_bytes(&self) -> usize {
-        self.authors.ids.capacity() * (8 + 4 * 4 + 2) + self.authors.index.capacity() * (8 + 4 + 1)
+        self.authors.ids.capacity() * (8 + 4 * 4 + 2) + self.authors.index.bytes()
     }
 }
 
