@@ -195,3 +195,25 @@ mod shardrank_coordinator_merge {
             .collect()
     }
 }
+
+/// A whole rank-1k share on one shard: 1000 candidates, all heavy-scored (H = 1000).
+#[divan::bench(items_count = 1000usize, sample_count = 50)]
+fn shard_rank_1k_all_heavy(b: Bencher) {
+    let s = store();
+    let m = Models::builtin();
+    let ids = random_ids(1000);
+    let user = RequestUser::new(s, UserView::default(), &[], &[]);
+    b.bench(|| {
+        rank(
+            s,
+            &m,
+            &user,
+            &RankParams {
+                ids: black_box(&ids),
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: 1000,
+            },
+        )
+    });
+}

@@ -80,6 +80,7 @@ async fn main() -> ExitCode {
                         authors = store.authors.len(),
                         events = store.stats.events,
                         bytes_per_post = store.post_bytes() as f64 / store.len().max(1) as f64,
+                        author_table_bytes = store.author_bytes(),
                         watermark_ms = store.watermark_ms,
                         secs = t0.elapsed().as_secs_f64(),
                         "partition loaded: serving"
