@@ -133,6 +133,9 @@ pub fn generate(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
     let social_time = start - 3_600_000;
     let mut rng = Rng::fork(spec.seed, 2);
     let mut picks: Vec<u64> = Vec::with_capacity(256);
+    // picked[j] == i + 1 when user i already follows j: an O(1) duplicate check (the
+    // draws, and so the corpus, are those of a plain "already picked?" test).
+    let mut picked: Vec<u32> = vec![0; n as usize];
     let global = Zipf::new(n, 0.85);
     let within: Vec<Zipf> = members
         .iter()
@@ -154,7 +157,8 @@ pub fn generate(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
             } else {
                 global.sample(&mut rng)
             };
-            if j != i && !picks.contains(&j) {
+            if j != i && picked[j as usize] != i as u32 + 1 {
+                picked[j as usize] = i as u32 + 1;
                 picks.push(j);
             }
         }

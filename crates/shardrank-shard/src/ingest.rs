@@ -1,7 +1,7 @@
 //! Builds the partition from the start-up event source. Live streams (Kafka, the live
 //! generator) feed the same `PostStore::apply`.
 
-use crate::store::PostStore;
+use crate::store::{PostStore, APPLY_BATCH};
 use shardrank_core::events::EventError;
 use shardrank_core::model::LightModel;
 use shardrank_core::source::Source;
@@ -21,7 +21,16 @@ pub fn load(
             (tweets / num_shards as u64 + tweets / (20 * num_shards as u64) + 64) as usize,
         );
     }
-    source.for_each(|e| store.apply(&e))?;
+    // Applied in batches (routing in MD5 lanes, index slots prefetched), in order.
+    let mut batch = Vec::with_capacity(APPLY_BATCH);
+    source.for_each(|e| {
+        batch.push(e);
+        if batch.len() == APPLY_BATCH {
+            store.apply_batch(&batch);
+            batch.clear();
+        }
+    })?;
+    store.apply_batch(&batch);
     store.finish_load();
     Ok(store)
 }
