@@ -46,8 +46,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A scratch directory, removed when dropped unless the test is failing (its logs are
+/// what a failure message points to).
+pub struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A fresh scratch directory for one test.
-pub fn scratch_dir(tag: &str) -> PathBuf {
+pub fn scratch_dir(tag: &str) -> ScratchDir {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
         "shardrank-test-{}-{}-{tag}",
@@ -55,7 +74,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    ScratchDir(d)
 }
 
 /// A child process killed on drop.
@@ -192,7 +211,7 @@ pub struct Cluster {
     pub shard_urls: Vec<String>,
     pub coordinator: Proc,
     pub url: String,
-    pub dir: PathBuf,
+    pub dir: ScratchDir,
 }
 
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -259,6 +278,16 @@ impl Cluster {
 
     pub fn kill_shard(&mut self, i: usize) {
         self.shards[i].kill();
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops every process before the scratch directory (a field) goes.
+    fn drop(&mut self) {
+        self.coordinator.kill();
+        for s in &mut self.shards {
+            s.kill();
+        }
     }
 }
 

@@ -16,8 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("shardrank-coordinator: error: {msg}");
-    ExitCode::from(2)
+    serving::exit_error("shardrank-coordinator", msg)
 }
 
 #[tokio::main]

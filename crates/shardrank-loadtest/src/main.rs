@@ -16,6 +16,7 @@ use config::{LoadConfig, Mode};
 use indicatif::{ProgressBar, ProgressStyle};
 use report::{RunHead, RunReport};
 use shardrank_core::corpus::CorpusSpec;
+use shardrank_proto::serving;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -24,8 +25,7 @@ use std::time::Duration;
 use workload::{build_pool, parse_list, Universe};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("shardrank-loadtest: error: {msg}");
-    ExitCode::from(2)
+    serving::exit_error("shardrank-loadtest", msg)
 }
 
 fn progress_bar(cfg: &LoadConfig, label: &str) -> Option<ProgressBar> {

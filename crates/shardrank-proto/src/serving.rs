@@ -128,3 +128,10 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Prints `program: error: msg` and gives the exit code for a configuration or start-up
+/// error (2), the same for every binary.
+pub fn exit_error(program: &str, msg: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("{program}: error: {msg}");
+    std::process::ExitCode::from(2)
+}

@@ -13,8 +13,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("shardrank-shard: error: {msg}");
-    ExitCode::from(2)
+    serving::exit_error("shardrank-shard", msg)
 }
 
 #[tokio::main]
