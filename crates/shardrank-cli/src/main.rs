@@ -5,8 +5,10 @@
 //! - `shardrank model export`: writes the built-in models as safetensors files, the
 //!   starting point for a model directory (`--model-dir`).
 //! - `shardrank rank`: sends Rank requests to a coordinator and prints the answers.
+//! - `shardrank up`: a whole cluster as local processes, until Ctrl-C.
 
 mod rank;
+mod up;
 
 use clap::{Parser, Subcommand};
 use shardrank_core::corpus::{generate, CorpusSpec, DEFAULT_SEED};
@@ -39,6 +41,8 @@ enum Command {
     },
     /// Send Rank requests with candidates drawn from a corpus; print answers and latency.
     Rank(rank::RankArgs),
+    /// Start a local cluster (shards and a coordinator on loopback) until Ctrl-C.
+    Up(up::UpArgs),
     /// Wait until a server's health check says SERVING (exit 0), or time out (exit 2).
     Wait {
         /// The server's URL.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Rank(args) => block_on(rank::run(args)),
+        Command::Up(args) => block_on(up::run(args)),
         Command::Wait { target, timeout_secs } => block_on(async move {
             let t0 = std::time::Instant::now();
             rank::wait_serving(&target, std::time::Duration::from_secs(timeout_secs))

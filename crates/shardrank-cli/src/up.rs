@@ -1,0 +1,280 @@
+//! `shardrank up`: a whole cluster as local processes on loopback.
+//!
+//! Starts N shards and a coordinator (each logging to a file), waits until the
+//! coordinator is healthy, prints its address and the command to load-test it, and then
+//! watches: a process that exits is reported at once (with its log tail), not hidden;
+//! Ctrl-C or SIGTERM stops every process (SIGTERM, then SIGKILL after the drain time),
+//! and nothing is left behind, even if `up` itself fails (children die with it).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Shard count (partitions).
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Replicas per shard (more than 1 needs replica support in the coordinator).
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Built-in corpus every process generates (ignored with --events).
+    #[arg(long, default_value = "standard", value_parser = clap::builder::PossibleValuesParser::new(shardrank_core::corpus::CorpusSpec::NAMES))]
+    corpus: String,
+    #[arg(long, default_value_t = shardrank_core::corpus::DEFAULT_SEED)]
+    corpus_seed: u64,
+    /// Events file every process loads instead of a corpus.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Model directory passed to every process.
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// The coordinator listens on this port, shard i on port + 1 + i; 0 picks free ports.
+    #[arg(long, default_value_t = 7000)]
+    base_port: u16,
+    /// Directory holding shardrank-shard and shardrank-coordinator; by default the one
+    /// this binary is in.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Where each process's log goes; by default a new temporary directory.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// How long to wait for the cluster to be healthy.
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    wait_secs: u64,
+}
+
+struct Member {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+fn spawn(bin: &Path, args: &[String], log: PathBuf, name: String) -> Result<Member, String> {
+    let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    Ok(Member { name, child, log })
+}
+
+/// SIGTERM to everyone, then SIGKILL to whoever is still there after `drain`.
+async fn stop_all(members: &mut [Member], drain: Duration) {
+    for m in members.iter() {
+        if let Some(pid) = m.child.id() {
+            // SAFETY: kill(2) on a pid of our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + drain;
+    for m in members.iter_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, m.child.wait()).await.is_err() {
+            let _ = m.child.kill().await;
+        }
+    }
+}
+
+async fn signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// The first member to exit, with its status.
+async fn first_exit(members: &mut [Member]) -> (usize, std::process::ExitStatus) {
+    loop {
+        for (i, m) in members.iter_mut().enumerate() {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                return (i, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(a: UpArgs) -> Result<String, String> {
+    if a.shards == 0 {
+        return Err("--shards must be at least 1".into());
+    }
+    if a.replicas != 1 {
+        return Err(format!(
+            "--replicas {}: the coordinator does not support replicas yet (one replica per shard)",
+            a.replicas
+        ));
+    }
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .ok_or("cannot tell where this binary is; give --bin-dir")?,
+    };
+    let (shard_bin, coord_bin) = (
+        bin_dir.join("shardrank-shard"),
+        bin_dir.join("shardrank-coordinator"),
+    );
+    for b in [&shard_bin, &coord_bin] {
+        if !b.exists() {
+            return Err(format!(
+                "{} is missing (build with cargo build --release --bins, or give --bin-dir)",
+                b.display()
+            ));
+        }
+    }
+    let log_dir = match &a.log_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("shardrank-up-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| format!("--log-dir {}: {e}", log_dir.display()))?;
+    let mut data: Vec<String> = match &a.events {
+        Some(f) => vec!["--events".into(), f.display().to_string()],
+        None => vec![
+            "--corpus".into(),
+            a.corpus.clone(),
+            "--corpus-seed".into(),
+            a.corpus_seed.to_string(),
+        ],
+    };
+    if let Some(m) = &a.model_dir {
+        data.extend(["--model-dir".into(), m.display().to_string()]);
+    }
+    let port = |i: u16| -> Result<u16, String> {
+        if a.base_port == 0 {
+            free_port()
+        } else {
+            a.base_port.checked_add(i).ok_or_else(|| {
+                format!(
+                    "--base-port {} leaves no room for {} shards",
+                    a.base_port, a.shards
+                )
+            })
+        }
+    };
+
+    let t0 = Instant::now();
+    let mut members = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..a.shards {
+        let p = port(1 + i as u16)?;
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{p}"),
+            "--shard-index".into(),
+            i.to_string(),
+            "--num-shards".into(),
+            a.shards.to_string(),
+        ];
+        args.extend(data.iter().cloned());
+        members.push(spawn(
+            &shard_bin,
+            &args,
+            log_dir.join(format!("shard-{i}.log")),
+            format!("shard {i}"),
+        )?);
+        urls.push(format!("http://127.0.0.1:{p}"));
+        println!(
+            "started shard {i} (pid {}) on {}",
+            members[i as usize].child.id().unwrap_or(0),
+            urls[i as usize]
+        );
+    }
+    let cp = port(0)?;
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{cp}"),
+        "--shards".into(),
+        urls.join(","),
+    ];
+    args.extend(data.iter().cloned());
+    members.push(spawn(
+        &coord_bin,
+        &args,
+        log_dir.join("coordinator.log"),
+        "coordinator".into(),
+    )?);
+    let target = format!("http://127.0.0.1:{cp}");
+    println!(
+        "started coordinator (pid {}) on {target}",
+        members.last().and_then(|m| m.child.id()).unwrap_or(0)
+    );
+
+    // Healthy, or a member died, or the wait ran out.
+    let healthy = tokio::select! {
+        r = crate::rank::wait_serving(&target, Duration::from_secs(a.wait_secs)) => r.map(|_| ()),
+        (i, status) = first_exit(&mut members) => Err(format!(
+            "{} exited during start-up ({status}); last log lines ({}):\n{}",
+            members[i].name, members[i].log.display(), log_tail(&members[i].log)
+        )),
+    };
+    if let Err(e) = healthy {
+        stop_all(&mut members, Duration::from_secs(5)).await;
+        return Err(e);
+    }
+    println!(
+        "cluster up in {:.2} s: coordinator {target} ({} shards x {} replica, {}), logs in {}",
+        t0.elapsed().as_secs_f64(),
+        a.shards,
+        a.replicas,
+        a.events
+            .as_ref()
+            .map_or(format!("corpus {}", a.corpus), |f| format!(
+                "events {}",
+                f.display()
+            )),
+        log_dir.display()
+    );
+    println!("load-test it: shardrank-loadtest --target {target} --workload rank-1k --concurrency 8 --duration 15s --warmup 3s");
+    println!("stop it: Ctrl-C (or SIGTERM to pid {})", std::process::id());
+
+    // Watch until asked to stop; a member that exits is reported, the rest keep serving.
+    let mut watching: Vec<usize> = (0..members.len()).collect();
+    loop {
+        tokio::select! {
+            _ = signal() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                watching.retain(|&i| match members[i].child.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!(
+                            "shardrank up: {} exited ({status}); the cluster runs on without it. Last log lines ({}):\n{}",
+                            members[i].name, members[i].log.display(), log_tail(&members[i].log)
+                        );
+                        false
+                    }
+                    _ => true,
+                });
+            }
+        }
+    }
+    stop_all(&mut members, Duration::from_secs(15)).await;
+    Ok("cluster stopped".into())
+}
