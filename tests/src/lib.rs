@@ -209,8 +209,11 @@ pub async fn wait_serving(url: &str, service: &str, proc: &mut Proc, timeout: Du
 pub struct Cluster {
     pub shards: Vec<Proc>,
     pub shard_urls: Vec<String>,
+    /// Admin HTTP base URLs (/metrics, /healthz) of the shards.
+    pub shard_admin: Vec<String>,
     pub coordinator: Proc,
     pub url: String,
+    pub admin: String,
     pub dir: ScratchDir,
 }
 
@@ -228,11 +231,16 @@ impl Cluster {
         let data: Vec<String> = data.iter().map(|s| s.to_string()).collect();
         let mut shards = Vec::new();
         let mut shard_urls = Vec::new();
+        let mut shard_admin = Vec::new();
         for i in 0..n {
             let port = free_port();
+            let admin_port = free_port();
+            shard_admin.push(format!("http://127.0.0.1:{admin_port}"));
             let mut args = vec![
                 "--listen".to_string(),
                 format!("127.0.0.1:{port}"),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{admin_port}"),
                 "--shard-index".into(),
                 i.to_string(),
                 "--num-shards".into(),
@@ -247,9 +255,12 @@ impl Cluster {
             shard_urls.push(format!("http://127.0.0.1:{port}"));
         }
         let port = free_port();
+        let admin_port = free_port();
         let mut args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin_port}"),
             "--shards".into(),
             shard_urls.join(","),
         ];
@@ -259,11 +270,14 @@ impl Cluster {
             Proc::spawn("shardrank-coordinator", &args, dir.join("coordinator.log"));
         let url = format!("http://127.0.0.1:{port}");
         wait_serving(&url, "", &mut coordinator, START_TIMEOUT).await;
+        let admin = format!("http://127.0.0.1:{admin_port}");
         Cluster {
             shards,
             shard_urls,
+            shard_admin,
             coordinator,
             url,
+            admin,
             dir,
         }
     }
@@ -298,4 +312,41 @@ pub async fn channel(url: &str) -> Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// GET `url` over plain HTTP/1.1 (the admin port); returns (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a metric line `name{labels} value` (labels as written, or none).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }

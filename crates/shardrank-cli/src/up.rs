@@ -189,6 +189,16 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
         let mut args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{p}"),
+            "--admin-listen".into(),
+            format!(
+                "127.0.0.1:{}",
+                if a.base_port == 0 {
+                    free_port()?
+                } else {
+                    p.checked_add(1000)
+                        .ok_or("--base-port too high for admin ports (+1000)")?
+                }
+            ),
             "--shard-index".into(),
             i.to_string(),
             "--num-shards".into(),
@@ -209,9 +219,17 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
         );
     }
     let cp = port(0)?;
+    let admin_port = if a.base_port == 0 {
+        free_port()?
+    } else {
+        cp.checked_add(1000)
+            .ok_or("--base-port too high for admin ports (+1000)")?
+    };
     let mut args = vec![
         "--listen".to_string(),
         format!("127.0.0.1:{cp}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin_port}"),
         "--shards".into(),
         urls.join(","),
     ];
@@ -253,6 +271,7 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
             )),
         log_dir.display()
     );
+    println!("metrics: http://127.0.0.1:{admin_port}/metrics (shards: their gRPC port + 1000)");
     println!("load-test it: shardrank-loadtest --target {target} --workload rank-1k --concurrency 8 --duration 15s --warmup 3s");
     println!("stop it: Ctrl-C (or SIGTERM to pid {})", std::process::id());
 

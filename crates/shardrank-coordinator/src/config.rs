@@ -22,6 +22,10 @@ pub struct CoordinatorConfig {
         value_name = "URL,URL,..."
     )]
     pub shards: String,
+    /// Admin HTTP address for GET /metrics and GET /healthz; `none` turns it off.
+    /// Default: the --listen host, port + 1000.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
     /// H: how many of the best candidates by light score the heavy ranker scores (at

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod merge;
+pub mod metrics;
 pub mod placement;
 pub mod rank;
 pub mod service;

@@ -4,13 +4,14 @@
 
 use clap::Parser;
 use shardrank_coordinator::config::CoordinatorConfig;
+use shardrank_coordinator::metrics::CoordinatorMetrics;
 use shardrank_coordinator::rank::Ranker;
 use shardrank_coordinator::service::CoordinatorService;
 use shardrank_coordinator::shard_client::ShardHandle;
 use shardrank_coordinator::users::UserStore;
 use shardrank_core::model::Models;
-use shardrank_proto::serving;
 use shardrank_proto::v1::coordinator_server::CoordinatorServer;
+use shardrank_proto::{admin, serving};
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -88,11 +89,29 @@ async fn main() -> ExitCode {
         "shards ready, users loaded"
     );
 
+    let admin_addr = match admin::admin_addr(cfg.admin_listen.as_deref(), cfg.listen) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
+    let admin = Arc::new(admin::Admin {
+        registry,
+        serving: false.into(),
+    });
+    let admin_bound = match admin_addr {
+        Some(addr) => match admin::serve(addr, admin.clone()).await {
+            Ok(a) => Some(a),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
     };
     let ranker = Arc::new(Ranker {
+        metrics,
         shards,
         users: Arc::new(RwLock::new(users)),
         heavy_candidates: cfg.heavy_candidates,
@@ -104,10 +123,11 @@ async fn main() -> ExitCode {
     })
     .max_decoding_message_size(cfg.max_message_bytes)
     .max_encoding_message_size(cfg.max_message_bytes);
-    let (health, health_service) = serving::health(shardrank_proto::COORDINATOR_SERVICE).await;
+    let (health, health_service) =
+        serving::health(shardrank_proto::COORDINATOR_SERVICE, Some(admin)).await;
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
     health.set(true).await;
-    tracing::info!(listen = %cfg.listen, "coordinator serving");
+    tracing::info!(listen = %cfg.listen, admin = ?admin_bound, "coordinator serving");
     let shutdown = serving::Shutdown::on_signal(health.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

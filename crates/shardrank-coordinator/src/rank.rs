@@ -3,6 +3,7 @@
 
 use crate::error::CoordinatorError;
 use crate::merge::{self, Candidate, ShardPart};
+use crate::metrics::{CoordinatorMetrics, Shard, ShardOutcome};
 use crate::placement;
 use crate::shard_client::ShardHandle;
 use crate::users::UserStore;
@@ -25,6 +26,7 @@ const MIN_SECOND_ROUND: Duration = Duration::from_millis(5);
 const INLINE_ROUTING: usize = 4096;
 
 pub struct Ranker {
+    pub metrics: Arc<CoordinatorMetrics>,
     pub shards: Vec<ShardHandle>,
     pub users: Arc<RwLock<UserStore>>,
     pub heavy_candidates: usize,
@@ -119,7 +121,33 @@ impl Ranker {
                 heavy_count: c.count as u32,
             };
             let timeout = shard_budget(deadline.saturating_duration_since(Instant::now()));
-            set.spawn(async move { (c.shard, handle.rank(req, timeout).await) });
+            let metrics = self.metrics.clone();
+            set.spawn(async move {
+                let t0 = Instant::now();
+                let res = handle.rank(req, timeout).await;
+                let outcome = match &res {
+                    Ok(_) => "ok",
+                    Err(s)
+                        if s.code() == tonic::Code::DeadlineExceeded
+                            || s.message().contains("Timeout expired") =>
+                    {
+                        "timeout"
+                    }
+                    Err(_) => "error",
+                };
+                metrics
+                    .shard_calls
+                    .get_or_create(&ShardOutcome {
+                        shard: c.shard,
+                        outcome,
+                    })
+                    .inc();
+                metrics
+                    .shard_call_seconds
+                    .get_or_create(&Shard { shard: c.shard })
+                    .observe(t0.elapsed().as_secs_f64());
+                (c.shard, res)
+            });
         }
         let mut out = Vec::with_capacity(set.len());
         // Dropping the set (a cancelled request) aborts the calls still in flight.
@@ -211,6 +239,7 @@ impl Ranker {
             refetch.clear();
         }
         if !refetch.is_empty() {
+            self.metrics.second_rounds.inc_by(refetch.len() as u64);
             let calls = refetch
                 .iter()
                 .map(|r| {
@@ -246,6 +275,12 @@ impl Ranker {
         let best = merge::select(&parts, h, k);
         missing.sort_unstable();
         missing.dedup();
+        for &shard in &missing {
+            self.metrics
+                .missing_shards
+                .get_or_create(&Shard { shard })
+                .inc();
+        }
         Ok(RankResponse {
             candidates: best
                 .into_iter()

@@ -1,6 +1,7 @@
 //! The gRPC face of the coordinator: deadlines in, statuses out.
 
 use crate::error::CoordinatorError;
+use crate::metrics::{code_label, Rpc, RpcCode};
 use crate::rank::Ranker;
 use shardrank_proto::v1::coordinator_server::Coordinator;
 use shardrank_proto::v1::{RankRequest, RankResponse, TimelineRequest, TimelineResponse};
@@ -58,8 +59,29 @@ impl Coordinator for CoordinatorService {
             candidates = n,
             top_k = req.top_k
         );
-        match self.ranker.rank(req, deadline).instrument(span).await {
-            Ok(resp) => Ok(Response::new(resp)),
+        let m = &self.ranker.metrics;
+        m.candidates.observe(n as f64);
+        let started = std::time::Instant::now();
+        let res = self.ranker.rank(req, deadline).instrument(span).await;
+        let code = res
+            .as_ref()
+            .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
+        m.requests
+            .get_or_create(&RpcCode {
+                rpc: "Rank",
+                code: code_label(code),
+            })
+            .inc();
+        m.request_seconds
+            .get_or_create(&Rpc { rpc: "Rank" })
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(resp) => {
+                if !resp.missing_shards.is_empty() {
+                    m.partial_answers.inc();
+                }
+                Ok(Response::new(resp))
+            }
             Err(e) => {
                 tracing::info!(error = %e, code = ?e.grpc_code(), "rank failed");
                 Err(e.into())
@@ -71,6 +93,15 @@ impl Coordinator for CoordinatorService {
         &self,
         _: Request<TimelineRequest>,
     ) -> Result<Response<TimelineResponse>, Status> {
+        let code = code_label(tonic::Code::Unimplemented);
+        self.ranker
+            .metrics
+            .requests
+            .get_or_create(&RpcCode {
+                rpc: "Timeline",
+                code,
+            })
+            .inc();
         Err(CoordinatorError::Unimplemented(
             "Timeline is not implemented yet (the home-timeline pipeline comes in a later release); use Rank".into(),
         )

@@ -9,6 +9,7 @@ pub mod v1 {
     tonic::include_proto!("shardrank.v1");
 }
 
+pub mod admin;
 pub mod serving;
 
 /// The encoded descriptor set of every proto file, for server reflection.

@@ -8,12 +8,17 @@ use tonic_health::ServingStatus;
 /// server says SERVING only once it can answer (a shard: once its partition is loaded).
 pub async fn health(
     service: &'static str,
+    admin: Option<std::sync::Arc<crate::admin::Admin>>,
 ) -> (
     Health,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) {
     let (reporter, server) = tonic_health::server::health_reporter();
-    let health = Health { reporter, service };
+    let health = Health {
+        reporter,
+        service,
+        admin,
+    };
     health.set(false).await;
     (health, server)
 }
@@ -23,6 +28,8 @@ pub async fn health(
 pub struct Health {
     reporter: HealthReporter,
     service: &'static str,
+    /// The admin port's /healthz follows the same state.
+    admin: Option<std::sync::Arc<crate::admin::Admin>>,
 }
 
 impl Health {
@@ -34,6 +41,10 @@ impl Health {
         };
         self.reporter.set_service_status("", status).await;
         self.reporter.set_service_status(self.service, status).await;
+        if let Some(a) = &self.admin {
+            a.serving
+                .store(serving, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

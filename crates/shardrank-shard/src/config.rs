@@ -19,6 +19,10 @@ pub struct ShardConfig {
     /// How many partitions the cluster has; must match the coordinator's shard list.
     #[arg(long, default_value_t = 1)]
     pub num_shards: u32,
+    /// Admin HTTP address for GET /metrics and GET /healthz; `none` turns it off.
+    /// Default: the --listen host, port + 1000.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Directory with light.safetensors and heavy.safetensors; the built-in default

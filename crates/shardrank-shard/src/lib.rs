@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod index;
 pub mod ingest;
+pub mod metrics;
 pub mod rank;
 pub mod service;
 pub mod store;

@@ -3,10 +3,11 @@
 
 use clap::Parser;
 use shardrank_core::model::Models;
-use shardrank_proto::serving;
 use shardrank_proto::v1::shard_server::ShardServer;
+use shardrank_proto::{admin, serving};
 use shardrank_shard::config::ShardConfig;
 use shardrank_shard::ingest;
+use shardrank_shard::metrics::ShardMetrics;
 use shardrank_shard::service::{ShardService, ShardState};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -46,20 +47,39 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let admin_addr = match admin::admin_addr(cfg.admin_listen.as_deref(), cfg.listen) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ShardMetrics::register(&mut registry);
+    let admin = Arc::new(admin::Admin {
+        registry,
+        serving: false.into(),
+    });
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
     };
+    let admin_bound = match admin_addr {
+        Some(addr) => match admin::serve(addr, admin.clone()).await {
+            Ok(a) => Some(a),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
     let state = Arc::new(ShardState {
+        metrics,
         index: cfg.shard_index,
         num_shards: cfg.num_shards,
         models,
         source: source.describe(),
         store: OnceLock::new(),
     });
-    let (health, health_service) = serving::health(shardrank_proto::SHARD_SERVICE).await;
+    let (health, health_service) =
+        serving::health(shardrank_proto::SHARD_SERVICE, Some(admin)).await;
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
-    tracing::info!(listen = %cfg.listen, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), "shard starting: loading partition");
+    tracing::info!(listen = %cfg.listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), "shard starting: loading partition");
 
     // Load in the background: the port answers health checks (NOT_SERVING) meanwhile.
     let (load_done_tx, load_done) = tokio::sync::oneshot::channel();
@@ -84,6 +104,8 @@ async fn main() -> ExitCode {
                         secs = t0.elapsed().as_secs_f64(),
                         "partition loaded: serving"
                     );
+                    state.metrics.posts.set(store.len() as i64);
+                    state.metrics.post_bytes.set(store.post_bytes() as i64);
                     let _ = state.store.set(RwLock::new(store));
                     health.set(true).await;
                     let _ = load_done_tx.send(Ok(()));

@@ -2,6 +2,7 @@
 //! layout, then runs [`crate::rank`] off the async runtime.
 
 use crate::error::ShardError;
+use crate::metrics::{Code, Stage};
 use crate::rank::{rank, RankParams, RequestUser};
 use crate::store::PostStore;
 use shardrank_core::features::UserView;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 /// Everything a request reads. The store is set once loaded; live ingestion takes the
 /// write lock briefly to apply a batch.
 pub struct ShardState {
+    pub metrics: crate::metrics::ShardMetrics,
     pub index: u32,
     pub num_shards: u32,
     pub models: Models,
@@ -77,14 +79,55 @@ impl Shard for ShardService {
         &self,
         request: Request<ShardRankRequest>,
     ) -> Result<Response<ShardRankResponse>, Status> {
+        let res = self.rank_inner(request.into_inner()).await;
+        let code = match &res {
+            Ok(_) => "OK",
+            Err(e) => match e.grpc_code() {
+                tonic::Code::Unavailable => "UNAVAILABLE",
+                tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+                tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+                _ => "INTERNAL",
+            },
+        };
+        self.state
+            .metrics
+            .requests
+            .get_or_create(&Code { code })
+            .inc();
+        res.map(Response::new).map_err(Status::from)
+    }
+
+    async fn info(
+        &self,
+        _: Request<ShardInfoRequest>,
+    ) -> Result<Response<ShardInfoResponse>, Status> {
+        let s = &self.state;
+        let (posts, watermark_ms) = match s.store.get() {
+            Some(store) => {
+                let st = store.read().unwrap_or_else(|p| p.into_inner());
+                (st.len() as u64, st.watermark_ms)
+            }
+            None => (0, 0),
+        };
+        Ok(Response::new(ShardInfoResponse {
+            shard_index: s.index,
+            num_shards: s.num_shards,
+            posts,
+            watermark_ms,
+            ready: s.store.get().is_some(),
+            corpus: s.source.clone(),
+        }))
+    }
+}
+
+impl ShardService {
+    async fn rank_inner(&self, mut req: ShardRankRequest) -> Result<ShardRankResponse, ShardError> {
         let t0 = Instant::now();
-        let mut req = request.into_inner();
         self.check_layout(req.shard_index, req.num_shards)?;
         if self.state.store.get().is_none() {
             return Err(ShardError::Loading {
                 index: self.state.index,
-            }
-            .into());
+            });
         }
         let candidates = req.candidate_ids.len();
         let ctx = req.user.take().unwrap_or_default();
@@ -123,7 +166,20 @@ impl Shard for ShardService {
                 .map_err(|e| ShardError::Internal(format!("ranking task failed: {e}")))?
         };
         let (out, author_ids) = out;
-        Ok(Response::new(ShardRankResponse {
+        let m = &self.state.metrics;
+        m.candidates
+            .get_or_create(&Stage { stage: "light" })
+            .inc_by(out.eligible as u64);
+        m.candidates
+            .get_or_create(&Stage { stage: "heavy" })
+            .inc_by(out.items.len() as u64);
+        m.stage_seconds
+            .get_or_create(&Stage { stage: "light" })
+            .observe(out.light_ms / 1e3);
+        m.stage_seconds
+            .get_or_create(&Stage { stage: "heavy" })
+            .observe(out.heavy_ms / 1e3);
+        Ok(ShardRankResponse {
             ids: out.items.iter().map(|(c, _)| c.id).collect(),
             author_ids,
             light_scores: out.items.iter().map(|(c, _)| c.light).collect(),
@@ -134,28 +190,6 @@ impl Shard for ShardService {
             light_ms: out.light_ms,
             heavy_ms: out.heavy_ms,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
-        }))
-    }
-
-    async fn info(
-        &self,
-        _: Request<ShardInfoRequest>,
-    ) -> Result<Response<ShardInfoResponse>, Status> {
-        let s = &self.state;
-        let (posts, watermark_ms) = match s.store.get() {
-            Some(store) => {
-                let st = store.read().unwrap_or_else(|p| p.into_inner());
-                (st.len() as u64, st.watermark_ms)
-            }
-            None => (0, 0),
-        };
-        Ok(Response::new(ShardInfoResponse {
-            shard_index: s.index,
-            num_shards: s.num_shards,
-            posts,
-            watermark_ms,
-            ready: s.store.get().is_some(),
-            corpus: s.source.clone(),
-        }))
+        })
     }
 }

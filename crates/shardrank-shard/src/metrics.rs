@@ -1,0 +1,71 @@
+//! Every metric a shard exports, defined here and nowhere else. Served on the admin
+//! port by `shardrank_proto::admin`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Stage {
+    /// light or heavy.
+    pub stage: &'static str,
+}
+
+pub struct ShardMetrics {
+    pub requests: Family<Code, Counter>,
+    pub candidates: Family<Stage, Counter>,
+    pub stage_seconds: Family<Stage, Histogram, fn() -> Histogram>,
+    pub posts: Gauge,
+    pub post_bytes: Gauge,
+}
+
+impl ShardMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ShardMetrics {
+            requests: Family::default(),
+            candidates: Family::default(),
+            stage_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
+            posts: Gauge::default(),
+            post_bytes: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("shardrank_shard");
+        r.register(
+            "requests",
+            "Rank requests by gRPC status code",
+            m.requests.clone(),
+        );
+        r.register(
+            "candidates_scored",
+            "Candidates scored, by stage (light, heavy)",
+            m.candidates.clone(),
+        );
+        r.register_with_unit(
+            "stage",
+            "Time per ranking stage",
+            Unit::Seconds,
+            m.stage_seconds.clone(),
+        );
+        r.register(
+            "store_posts",
+            "Posts held by this partition",
+            m.posts.clone(),
+        );
+        r.register_with_unit(
+            "store_post",
+            "Memory held for posts (rows and index)",
+            Unit::Bytes,
+            m.post_bytes.clone(),
+        );
+        m
+    }
+}

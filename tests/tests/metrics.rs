@@ -1,0 +1,134 @@
+//! The admin port of real processes: /healthz, and /metrics counters that move by the
+//! right amounts after real requests.
+
+use shardrank_proto::v1::{RankRequest, TimelineRequest};
+use shardrank_tests::corpus_facts::Facts;
+use shardrank_tests::{http_get, metric, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_the_right_amounts() {
+    let mut c = Cluster::start(3, &["--corpus", "tiny"]).await;
+    let facts = Facts::of("tiny", 42);
+    for url in std::iter::once(&c.admin).chain(&c.shard_admin) {
+        assert_eq!(
+            http_get(&format!("{url}/healthz")).await,
+            (200, "ok\n".to_string())
+        );
+        assert_eq!(http_get(&format!("{url}/nope")).await.0, 404);
+    }
+
+    let mut client = c.client().await;
+    for i in 0..5 {
+        let ids = facts.tweets[i * 300..(i + 1) * 300].to_vec();
+        client
+            .rank(RankRequest {
+                user_id: facts.users[i],
+                candidate_ids: ids,
+                top_k: 10,
+            })
+            .await
+            .unwrap();
+    }
+    assert!(client
+        .rank(RankRequest {
+            user_id: 1,
+            candidate_ids: vec![1],
+            top_k: 5000
+        })
+        .await
+        .is_err());
+    assert!(client
+        .timeline(TimelineRequest {
+            user_id: 1,
+            limit: 5
+        })
+        .await
+        .is_err());
+
+    let (status, m) = http_get(&format!("{}/metrics", c.admin)).await;
+    assert_eq!(status, 200);
+    let get = |k: &str| metric(&m, k).unwrap_or_else(|| panic!("no {k} in\n{m}"));
+    assert_eq!(
+        get(r#"shardrank_coordinator_requests_total{rpc="Rank",code="OK"}"#),
+        5.0
+    );
+    assert_eq!(
+        get(r#"shardrank_coordinator_requests_total{rpc="Rank",code="INVALID_ARGUMENT"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"shardrank_coordinator_requests_total{rpc="Timeline",code="UNIMPLEMENTED"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"shardrank_coordinator_request_seconds_count{rpc="Rank"}"#),
+        6.0
+    );
+    assert_eq!(get("shardrank_coordinator_candidates_count"), 6.0);
+    assert_eq!(get("shardrank_coordinator_partial_answers_total"), 0.0);
+    // Each answered request called all 3 shards once, plus any second-round calls.
+    let ok_calls: Vec<f64> = (0..3)
+        .map(|s| {
+            get(&format!(
+                r#"shardrank_coordinator_shard_calls_total{{shard="{s}",outcome="ok"}}"#
+            ))
+        })
+        .collect();
+    let second = get("shardrank_coordinator_second_rounds_total");
+    assert_eq!(ok_calls.iter().sum::<f64>(), 15.0 + second);
+
+    // Every shard counted the calls the coordinator made to it.
+    for (s, url) in c.shard_admin.iter().enumerate() {
+        let (_, sm) = http_get(&format!("{url}/metrics")).await;
+        assert_eq!(
+            metric(&sm, r#"shardrank_shard_requests_total{code="OK"}"#),
+            Some(ok_calls[s]),
+            "shard {s}:\n{sm}"
+        );
+        assert!(metric(&sm, "shardrank_shard_store_posts").unwrap() > 3000.0);
+        // About a third of 5 x 300 candidates each.
+        assert!(
+            metric(
+                &sm,
+                r#"shardrank_shard_candidates_scored_total{stage="light"}"#
+            )
+            .unwrap()
+                > 300.0
+        );
+        assert!(
+            metric(&sm, r#"shardrank_shard_stage_seconds_count{stage="heavy"}"#).unwrap() >= 5.0
+        );
+    }
+
+    // A dead shard: an error call, a missing shard, a partial answer.
+    c.kill_shard(2);
+    let r = client
+        .rank(RankRequest {
+            user_id: 1,
+            candidate_ids: facts.tweets[..600].to_vec(),
+            top_k: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.missing_shards, vec![2]);
+    let (_, m) = http_get(&format!("{}/metrics", c.admin)).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"shardrank_coordinator_shard_calls_total{shard="2",outcome="error"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"shardrank_coordinator_missing_shards_total{shard="2"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "shardrank_coordinator_partial_answers_total"),
+        Some(1.0)
+    );
+}
