@@ -21,6 +21,7 @@ async fn rank(
             user_id,
             candidate_ids: ids,
             top_k,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

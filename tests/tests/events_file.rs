@@ -42,6 +42,7 @@ async fn events_file_and_generator_agree() {
             user_id: user,
             candidate_ids: facts.draw(&mut rng, n),
             top_k: 50,
+            ..Default::default()
         };
         let x = a.rank(req.clone()).await.unwrap().into_inner();
         let y = b.rank(req).await.unwrap().into_inner();

@@ -19,6 +19,7 @@ async fn a_killed_shard_gives_a_flagged_partial_answer() {
         user_id: facts.users[3],
         candidate_ids: ids,
         top_k: 100,
+        ..Default::default()
     };
     let full = c
         .client()
@@ -62,6 +63,7 @@ async fn a_killed_shard_gives_a_flagged_partial_answer() {
             user_id: 1,
             candidate_ids: dead_only,
             top_k: 10,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -76,6 +78,7 @@ async fn a_killed_shard_gives_a_flagged_partial_answer() {
             user_id: 1,
             candidate_ids: ids,
             top_k: 10,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -98,6 +101,7 @@ async fn a_stalled_shard_is_reported_missing_within_the_deadline() {
         user_id: facts.users[0],
         candidate_ids: ids,
         top_k: 20,
+        ..Default::default()
     });
     req.set_timeout(std::time::Duration::from_millis(600));
     let t0 = std::time::Instant::now();

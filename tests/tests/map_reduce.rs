@@ -51,6 +51,7 @@ async fn four_shards_answer_exactly_like_one() {
                 user_id: user,
                 candidate_ids: ids,
                 top_k,
+                ..Default::default()
             };
             let (a, b) = tokio::join!(c4.rank(req.clone()), c1.rank(req));
             let (a, b) = (a.unwrap().into_inner(), b.unwrap().into_inner());

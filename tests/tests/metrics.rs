@@ -25,6 +25,7 @@ async fn counters_move_by_the_right_amounts() {
                 user_id: facts.users[i],
                 candidate_ids: ids,
                 top_k: 10,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -33,7 +34,8 @@ async fn counters_move_by_the_right_amounts() {
         .rank(RankRequest {
             user_id: 1,
             candidate_ids: vec![1],
-            top_k: 5000
+            top_k: 5000,
+            ..Default::default()
         })
         .await
         .is_err());
@@ -107,6 +109,7 @@ async fn counters_move_by_the_right_amounts() {
             user_id: 1,
             candidate_ids: facts.tweets[..600].to_vec(),
             top_k: 10,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -131,4 +134,56 @@ async fn counters_move_by_the_right_amounts() {
         metric(&m, "shardrank_coordinator_partial_answers_total"),
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_can_ask_for_its_own_stats() {
+    let mut c = Cluster::start(3, &["--corpus", "tiny"]).await;
+    let facts = Facts::of("tiny", 42);
+    let mut client = c.client().await;
+    let ask = |include_stats| RankRequest {
+        user_id: 1,
+        candidate_ids: facts.tweets[..900].to_vec(),
+        top_k: 10,
+        include_stats,
+    };
+    assert!(
+        client
+            .rank(ask(false))
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .is_none(),
+        "no stats unless asked"
+    );
+
+    let r = client.rank(ask(true)).await.unwrap().into_inner();
+    let st = r.stats.expect("stats when asked");
+    assert_eq!(st.coverage, 1.0);
+    let first: Vec<_> = st.shard_calls.iter().filter(|s| !s.second_round).collect();
+    let mut shards: Vec<u32> = first.iter().map(|s| s.shard).collect();
+    shards.sort_unstable();
+    assert_eq!(shards, vec![0, 1, 2]);
+    for s in &st.shard_calls {
+        assert!(s.error.is_empty());
+        assert!(s.server_ms > 0.0 && s.server_ms <= s.latency_ms, "{s:?}");
+        assert!(s.light_ms + s.heavy_ms <= s.server_ms + 0.01, "{s:?}");
+    }
+    // Every candidate is known: the shards' eligible counts add up to the request.
+    assert_eq!(first.iter().map(|s| s.candidates).sum::<u32>(), 900);
+    assert!(st.route_ms > 0.0 && st.merge_ms >= 0.0);
+    assert!(st.route_ms + st.merge_ms < r.latency_ms);
+
+    c.kill_shard(0);
+    let st = client
+        .rank(ask(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!((st.coverage - 2.0 / 3.0).abs() < 1e-9);
+    let dead = st.shard_calls.iter().find(|s| s.shard == 0).unwrap();
+    assert!(!dead.error.is_empty());
 }

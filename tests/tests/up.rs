@@ -73,6 +73,7 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
             user_id: 1,
             candidate_ids: facts.tweets[..500].to_vec(),
             top_k: 10,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -91,6 +92,7 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
             user_id: 1,
             candidate_ids: facts.tweets[..500].to_vec(),
             top_k: 10,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -43,6 +43,9 @@ pub struct RankArgs {
     /// Seed for drawing users and candidates.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Ask for each request's own stats and print where its time went.
+    #[arg(long)]
+    stats: bool,
 }
 
 pub async fn wait_serving(target: &str, within: Duration) -> Result<Channel, String> {
@@ -113,9 +116,11 @@ pub async fn run(a: RankArgs) -> Result<String, String> {
         let t0 = Instant::now();
         let resp = client
             .rank(RankRequest {
+                include_stats: a.stats,
                 user_id: user,
                 candidate_ids: ids,
                 top_k: a.top_k,
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("request {r}: {:?}: {}", s.code(), s.message()))?
@@ -129,6 +134,26 @@ pub async fn run(a: RankArgs) -> Result<String, String> {
             format!("{:?}", resp.missing_shards),
             resp.latency_ms
         );
+        if let Some(st) = &resp.stats {
+            println!(
+                "     route {:.2} ms, merge {:.2} ms, coverage {:.2}",
+                st.route_ms, st.merge_ms, st.coverage
+            );
+            for c in &st.shard_calls {
+                println!(
+                    "     shard {}{}: {:.2} ms at the coordinator, {:.2} ms in the shard (light {:.2}, heavy {:.2}), {} candidates, {} heavy{}",
+                    c.shard,
+                    if c.second_round { " (round 2)" } else { "" },
+                    c.latency_ms,
+                    c.server_ms,
+                    c.light_ms,
+                    c.heavy_ms,
+                    c.candidates,
+                    c.heavy_scored,
+                    if c.error.is_empty() { String::new() } else { format!(", error: {}", c.error) }
+                );
+            }
+        }
         if r == 0 && a.show > 0 {
             println!(
                 "     top {} of the first answer:",

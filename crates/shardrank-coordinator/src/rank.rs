@@ -9,7 +9,8 @@ use crate::shard_client::ShardHandle;
 use crate::users::UserStore;
 use shardrank_core::routing;
 use shardrank_proto::v1::{
-    RankRequest, RankResponse, ScoredCandidate, ShardRankRequest, ShardRankResponse, UserContext,
+    RankRequest, RankResponse, RequestStats, ScoredCandidate, ShardCallStats, ShardRankRequest,
+    ShardRankResponse, UserContext,
 };
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -88,6 +89,32 @@ fn to_part(index: u32, r: ShardRankResponse) -> Result<(ShardPart, u64), String>
     ))
 }
 
+/// One shard call as the request's stats report it.
+fn call_stats(
+    shard: u32,
+    second_round: bool,
+    res: &Result<ShardRankResponse, String>,
+    took: Duration,
+) -> ShardCallStats {
+    let mut st = ShardCallStats {
+        shard,
+        second_round,
+        latency_ms: took.as_secs_f64() * 1e3,
+        ..Default::default()
+    };
+    match res {
+        Ok(r) => {
+            st.light_ms = r.light_ms;
+            st.heavy_ms = r.heavy_ms;
+            st.server_ms = r.total_ms;
+            st.candidates = r.eligible;
+            st.heavy_scored = r.ids.len() as u32;
+        }
+        Err(e) => st.error = e.clone(),
+    }
+    st
+}
+
 struct Call {
     shard: u32,
     skip: usize,
@@ -107,7 +134,7 @@ impl Ranker {
         user: &UserContext,
         now_ms: i64,
         deadline: Instant,
-    ) -> Vec<(u32, Result<ShardRankResponse, tonic::Status>)> {
+    ) -> Vec<(u32, Result<ShardRankResponse, tonic::Status>, Duration)> {
         let mut set = JoinSet::new();
         for c in calls {
             let handle = self.shards[c.shard as usize].clone();
@@ -146,7 +173,7 @@ impl Ranker {
                     .shard_call_seconds
                     .get_or_create(&Shard { shard: c.shard })
                     .observe(t0.elapsed().as_secs_f64());
-                (c.shard, res)
+                (c.shard, res, t0.elapsed())
             });
         }
         let mut out = Vec::with_capacity(set.len());
@@ -179,6 +206,9 @@ impl Ranker {
             (users.context(req.user_id), users.watermark_ms)
         };
         let n = self.num_shards();
+        let include_stats = req.include_stats;
+        let mut stats = RequestStats::default();
+        let route_started = Instant::now();
         let ids = req.candidate_ids;
         let by_shard = if ids.len() <= INLINE_ROUTING {
             routing::partition(&ids, n)
@@ -187,6 +217,7 @@ impl Ranker {
                 .await
                 .map_err(|e| CoordinatorError::Internal(format!("routing task failed: {e}")))?
         };
+        stats.route_ms = route_started.elapsed().as_secs_f64() * 1e3;
         let counts: Vec<usize> = by_shard.iter().map(Vec::len).collect();
         let depth = placement::first_round(&counts, h);
 
@@ -207,11 +238,12 @@ impl Ranker {
         let mut missing: Vec<u32> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         let mut unknown = 0u64;
-        for (shard, res) in self.scatter(calls, &user, now_ms, deadline).await {
-            match res
-                .map_err(|s| s.message().to_string())
-                .and_then(|r| to_part(shard, r))
-            {
+        for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline).await {
+            let res = res.map_err(|s| s.message().to_string());
+            if include_stats {
+                stats.shard_calls.push(call_stats(shard, false, &res, took));
+            }
+            match res.and_then(|r| to_part(shard, r)) {
                 Ok((part, u)) => {
                     unknown += u;
                     parts.push(part);
@@ -253,11 +285,12 @@ impl Ranker {
                 })
                 .collect();
             tracing::debug!(shards = refetch.len(), "second round");
-            for (shard, res) in self.scatter(calls, &user, now_ms, deadline).await {
-                match res
-                    .map_err(|s| s.message().to_string())
-                    .and_then(|r| to_part(shard, r))
-                {
+            for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline).await {
+                let res = res.map_err(|s| s.message().to_string());
+                if include_stats {
+                    stats.shard_calls.push(call_stats(shard, true, &res, took));
+                }
+                match res.and_then(|r| to_part(shard, r)) {
                     Ok((more, _)) => {
                         if let Some(p) = parts.iter_mut().find(|p| p.shard == shard) {
                             p.items.extend(more.items);
@@ -272,7 +305,9 @@ impl Ranker {
             }
         }
 
+        let merge_started = Instant::now();
         let best = merge::select(&parts, h, k);
+        stats.merge_ms = merge_started.elapsed().as_secs_f64() * 1e3;
         missing.sort_unstable();
         missing.dedup();
         for &shard in &missing {
@@ -292,9 +327,13 @@ impl Ranker {
                     light_score: c.light,
                 })
                 .collect(),
-            missing_shards: missing,
             unknown_candidates: unknown,
             latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            stats: include_stats.then(|| {
+                stats.coverage = (called - missing.len()) as f64 / called as f64;
+                stats
+            }),
+            missing_shards: missing,
         })
     }
 }
@@ -326,6 +365,7 @@ mod tests {
             user_id: 1,
             candidate_ids: vec![1; n],
             top_k,
+            ..Default::default()
         };
         assert_eq!(validate(&req(0, 1), 10).unwrap(), 100);
         assert_eq!(validate(&req(1000, 1), 10).unwrap(), 1000);

@@ -153,6 +153,7 @@ pub fn build_pool(w: &Workload, u: &Universe, n: usize, seed: u64) -> Vec<Bytes>
                         .map(|_| u.tweets[rng.below(u.tweets.len() as u64) as usize])
                         .collect(),
                     top_k: w.top_k,
+                    ..Default::default()
                 }
                 .encode_to_vec(),
                 Rpc::Timeline => TimelineRequest {
