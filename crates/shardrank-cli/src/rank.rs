@@ -120,7 +120,6 @@ pub async fn run(a: RankArgs) -> Result<String, String> {
                 user_id: user,
                 candidate_ids: ids,
                 top_k: a.top_k,
-                ..Default::default()
             })
             .await
             .map_err(|s| format!("request {r}: {:?}: {}", s.code(), s.message()))?
