@@ -86,6 +86,8 @@ fn help_documents_every_flag() {
         "--events",
         "--model-dir",
         "--check-config",
+        "--admin-listen",
+        "--log-format",
     ] {
         assert!(out.contains(flag), "shard --help lacks {flag}");
     }
@@ -97,6 +99,8 @@ fn help_documents_every_flag() {
         "--events",
         "--heavy-candidates",
         "--request-timeout-ms",
+        "--admin-listen",
+        "--log-format",
     ] {
         assert!(out.contains(flag), "coordinator --help lacks {flag}");
     }

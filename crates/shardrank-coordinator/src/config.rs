@@ -53,6 +53,10 @@ pub struct CoordinatorConfig {
     /// closed and the process exits.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub drain_secs: u64,
+    /// Log format on stderr: `text` or `json` (one object per line, with the request's
+    /// trace id on every line logged for it). Filter with RUST_LOG.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    pub log_format: shardrank_proto::serving::LogFormat,
     /// Parse and check the flags, print the configuration, and exit without loading data,
     /// contacting shards or binding the port.
     #[arg(long)]

@@ -23,7 +23,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cfg = CoordinatorConfig::parse();
-    serving::init_tracing();
+    serving::init_tracing(cfg.log_format);
     let shard_urls = match cfg.validate() {
         Ok(s) => s,
         Err(e) => return fail(e),

@@ -8,6 +8,7 @@ use crate::placement;
 use crate::shard_client::ShardHandle;
 use crate::users::UserStore;
 use shardrank_core::routing;
+use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::{
     RankRequest, RankResponse, RequestStats, ScoredCandidate, ShardCallStats, ShardRankRequest,
     ShardRankResponse, UserContext,
@@ -134,6 +135,7 @@ impl Ranker {
         user: &UserContext,
         now_ms: i64,
         deadline: Instant,
+        trace: TraceContext,
     ) -> Vec<(u32, Result<ShardRankResponse, tonic::Status>, Duration)> {
         let mut set = JoinSet::new();
         for c in calls {
@@ -151,7 +153,7 @@ impl Ranker {
             let metrics = self.metrics.clone();
             set.spawn(async move {
                 let t0 = Instant::now();
-                let res = handle.rank(req, timeout).await;
+                let res = handle.rank(req, timeout, trace.child()).await;
                 let outcome = match &res {
                     Ok(_) => "ok",
                     Err(s)
@@ -191,6 +193,7 @@ impl Ranker {
         &self,
         req: RankRequest,
         deadline: Instant,
+        trace: TraceContext,
     ) -> Result<RankResponse, CoordinatorError> {
         let started = Instant::now();
         let k = validate(&req, self.max_candidates)?;
@@ -207,7 +210,10 @@ impl Ranker {
         };
         let n = self.num_shards();
         let include_stats = req.include_stats;
-        let mut stats = RequestStats::default();
+        let mut stats = RequestStats {
+            trace_id: trace.trace_hex(),
+            ..Default::default()
+        };
         let route_started = Instant::now();
         let ids = req.candidate_ids;
         let by_shard = if ids.len() <= INLINE_ROUTING {
@@ -238,7 +244,7 @@ impl Ranker {
         let mut missing: Vec<u32> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         let mut unknown = 0u64;
-        for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline).await {
+        for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline, trace).await {
             let res = res.map_err(|s| s.message().to_string());
             if include_stats {
                 stats.shard_calls.push(call_stats(shard, false, &res, took));
@@ -285,7 +291,7 @@ impl Ranker {
                 })
                 .collect();
             tracing::debug!(shards = refetch.len(), "second round");
-            for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline).await {
+            for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline, trace).await {
                 let res = res.map_err(|s| s.message().to_string());
                 if include_stats {
                     stats.shard_calls.push(call_stats(shard, true, &res, took));

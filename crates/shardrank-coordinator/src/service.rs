@@ -3,6 +3,7 @@
 use crate::error::CoordinatorError;
 use crate::metrics::{code_label, Rpc, RpcCode};
 use crate::rank::Ranker;
+use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::coordinator_server::Coordinator;
 use shardrank_proto::v1::{RankRequest, RankResponse, TimelineRequest, TimelineResponse};
 use std::sync::Arc;
@@ -49,20 +50,28 @@ impl CoordinatorService {
 impl Coordinator for CoordinatorService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let budget = self.budget(&request);
-        tracing::debug!(budget_ms = budget.as_millis() as u64, header = ?request.metadata().get("grpc-timeout"), "rank request");
         let deadline = tokio::time::Instant::now() + budget;
+        let trace = TraceContext::from_metadata(request.metadata());
         let req = request.into_inner();
         let n = req.candidate_ids.len();
-        let span = tracing::debug_span!(
+        // Every line logged for this request, here and in the shards, carries its trace id.
+        let span = tracing::info_span!(
             "rank",
+            trace_id = %trace.trace_hex(),
             user_id = req.user_id,
             candidates = n,
             top_k = req.top_k
         );
+        let _ = span
+            .in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "rank request"));
         let m = &self.ranker.metrics;
         m.candidates.observe(n as f64);
         let started = std::time::Instant::now();
-        let res = self.ranker.rank(req, deadline).instrument(span).await;
+        let res = self
+            .ranker
+            .rank(req, deadline, trace)
+            .instrument(span.clone())
+            .await;
         let code = res
             .as_ref()
             .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
@@ -83,7 +92,7 @@ impl Coordinator for CoordinatorService {
                 Ok(Response::new(resp))
             }
             Err(e) => {
-                tracing::info!(error = %e, code = ?e.grpc_code(), "rank failed");
+                span.in_scope(|| tracing::info!(error = %e, code = ?e.grpc_code(), "rank failed"));
                 Err(e.into())
             }
         }

@@ -2,6 +2,7 @@
 //! reconnected by tonic when a shard restarts. At start-up every shard must answer
 //! `Info` with the partition layout the coordinator routes for.
 
+use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_client::ShardClient;
 use shardrank_proto::v1::{ShardInfoRequest, ShardRankRequest, ShardRankResponse};
 use std::time::Duration;
@@ -37,9 +38,15 @@ impl ShardHandle {
         &self,
         req: ShardRankRequest,
         timeout: Duration,
+        trace: TraceContext,
     ) -> Result<ShardRankResponse, tonic::Status> {
         let mut request = tonic::Request::new(req);
         request.set_timeout(timeout);
+        if let Ok(v) = trace.header().parse() {
+            request
+                .metadata_mut()
+                .insert(shardrank_proto::trace::HEADER, v);
+        }
         let mut client = self.client.clone();
         match tokio::time::timeout(timeout, client.rank(request)).await {
             Ok(res) => res.map(tonic::Response::into_inner),

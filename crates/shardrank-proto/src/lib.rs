@@ -11,6 +11,7 @@ pub mod v1 {
 
 pub mod admin;
 pub mod serving;
+pub mod trace;
 
 /// The encoded descriptor set of every proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

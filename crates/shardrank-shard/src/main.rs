@@ -20,7 +20,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cfg = ShardConfig::parse();
-    serving::init_tracing();
+    serving::init_tracing(cfg.log_format);
     if let Err(e) = cfg.validate() {
         return fail(e);
     }

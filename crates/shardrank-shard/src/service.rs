@@ -8,6 +8,7 @@ use crate::store::PostStore;
 use shardrank_core::features::UserView;
 use shardrank_core::lang;
 use shardrank_core::model::Models;
+use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_server::Shard;
 use shardrank_proto::v1::{
     ShardInfoRequest, ShardInfoResponse, ShardRankRequest, ShardRankResponse, UserContext,
@@ -15,6 +16,7 @@ use shardrank_proto::v1::{
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Everything a request reads. The store is set once loaded; live ingestion takes the
 /// write lock briefly to apply a batch.
@@ -79,7 +81,21 @@ impl Shard for ShardService {
         &self,
         request: Request<ShardRankRequest>,
     ) -> Result<Response<ShardRankResponse>, Status> {
-        let res = self.rank_inner(request.into_inner()).await;
+        let trace = TraceContext::from_metadata(request.metadata());
+        let span = tracing::info_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
+        let res = self
+            .rank_inner(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match &res {
+            Ok(r) => tracing::debug!(
+                candidates = r.eligible,
+                heavy = r.ids.len(),
+                ms = r.total_ms,
+                "ranked"
+            ),
+            Err(e) => tracing::info!(error = %e, "rank refused"),
+        });
         let code = match &res {
             Ok(_) => "OK",
             Err(e) => match e.grpc_code() {
