@@ -187,3 +187,50 @@ async fn a_request_can_ask_for_its_own_stats() {
     let dead = st.shard_calls.iter().find(|s| s.shard == 0).unwrap();
     assert!(!dead.error.is_empty());
 }
+
+/// The Grafana dashboard only names metrics the binaries export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_names_only_exported_metrics() {
+    let c = Cluster::start(2, &["--corpus", "tiny"]).await;
+    let facts = Facts::of("tiny", 42);
+    c.client()
+        .await
+        .rank(RankRequest {
+            user_id: 1,
+            candidate_ids: facts.tweets[..100].to_vec(),
+            top_k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, mut exported) = http_get(&format!("{}/metrics", c.admin)).await;
+    exported.push_str(&http_get(&format!("{}/metrics", c.shard_admin[0])).await.1);
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/shardrank.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut names = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("shardrank_"))
+            {
+                // A family is declared by its TYPE line even before it has samples.
+                let base = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .unwrap_or(word);
+                assert!(
+                    exported.contains(&format!("# TYPE {base} ")),
+                    "dashboard names {word}, which no binary exports"
+                );
+                names += 1;
+            }
+        }
+    }
+    assert!(names >= 10);
+}

@@ -95,6 +95,7 @@ async fn main() -> ExitCode {
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
+    metrics.init_labels(num_shards);
     let admin = Arc::new(admin::Admin {
         registry,
         serving: false.into(),

@@ -110,6 +110,33 @@ impl CoordinatorMetrics {
     }
 }
 
+impl CoordinatorMetrics {
+    /// Creates the known series at zero (every shard, every outcome, the usual codes), so
+    /// that dashboards and alerts see them before the first event, not as absent.
+    pub fn init_labels(&self, num_shards: u32) {
+        for rpc in ["Rank", "Timeline"] {
+            self.request_seconds.get_or_create(&Rpc { rpc });
+        }
+        for code in [
+            "OK",
+            "INVALID_ARGUMENT",
+            "UNAVAILABLE",
+            "DEADLINE_EXCEEDED",
+            "RESOURCE_EXHAUSTED",
+        ] {
+            self.requests.get_or_create(&RpcCode { rpc: "Rank", code });
+        }
+        for shard in 0..num_shards {
+            for outcome in ["ok", "error", "timeout"] {
+                self.shard_calls
+                    .get_or_create(&ShardOutcome { shard, outcome });
+            }
+            self.shard_call_seconds.get_or_create(&Shard { shard });
+            self.missing_shards.get_or_create(&Shard { shard });
+        }
+    }
+}
+
 /// A gRPC code as the label value Prometheus users expect (OK, INVALID_ARGUMENT, ...).
 pub fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

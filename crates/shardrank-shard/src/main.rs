@@ -53,6 +53,7 @@ async fn main() -> ExitCode {
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ShardMetrics::register(&mut registry);
+    metrics.init_labels();
     let admin = Arc::new(admin::Admin {
         registry,
         serving: false.into(),

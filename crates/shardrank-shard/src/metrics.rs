@@ -69,3 +69,21 @@ impl ShardMetrics {
         m
     }
 }
+
+impl ShardMetrics {
+    /// Creates the known series at zero, so that they exist before the first request.
+    pub fn init_labels(&self) {
+        for code in [
+            "OK",
+            "UNAVAILABLE",
+            "FAILED_PRECONDITION",
+            "INVALID_ARGUMENT",
+        ] {
+            self.requests.get_or_create(&Code { code });
+        }
+        for stage in ["light", "heavy"] {
+            self.candidates.get_or_create(&Stage { stage });
+            self.stage_seconds.get_or_create(&Stage { stage });
+        }
+    }
+}
