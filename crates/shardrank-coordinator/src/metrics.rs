@@ -115,7 +115,7 @@ impl CoordinatorMetrics {
     /// that dashboards and alerts see them before the first event, not as absent.
     pub fn init_labels(&self, num_shards: u32) {
         for rpc in ["Rank", "Timeline"] {
-            self.request_seconds.get_or_create(&Rpc { rpc });
+            let _ = self.request_seconds.get_or_create(&Rpc { rpc });
         }
         for code in [
             "OK",
@@ -124,15 +124,16 @@ impl CoordinatorMetrics {
             "DEADLINE_EXCEEDED",
             "RESOURCE_EXHAUSTED",
         ] {
-            self.requests.get_or_create(&RpcCode { rpc: "Rank", code });
+            let _ = self.requests.get_or_create(&RpcCode { rpc: "Rank", code });
         }
         for shard in 0..num_shards {
             for outcome in ["ok", "error", "timeout"] {
-                self.shard_calls
+                let _ = self
+                    .shard_calls
                     .get_or_create(&ShardOutcome { shard, outcome });
             }
-            self.shard_call_seconds.get_or_create(&Shard { shard });
-            self.missing_shards.get_or_create(&Shard { shard });
+            let _ = self.shard_call_seconds.get_or_create(&Shard { shard });
+            let _ = self.missing_shards.get_or_create(&Shard { shard });
         }
     }
 }

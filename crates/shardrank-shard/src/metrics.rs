@@ -79,11 +79,11 @@ impl ShardMetrics {
             "FAILED_PRECONDITION",
             "INVALID_ARGUMENT",
         ] {
-            self.requests.get_or_create(&Code { code });
+            let _ = self.requests.get_or_create(&Code { code });
         }
         for stage in ["light", "heavy"] {
-            self.candidates.get_or_create(&Stage { stage });
-            self.stage_seconds.get_or_create(&Stage { stage });
+            let _ = self.candidates.get_or_create(&Stage { stage });
+            let _ = self.stage_seconds.get_or_create(&Stage { stage });
         }
     }
 }
