@@ -151,32 +151,42 @@ impl Ranker {
             };
             let timeout = shard_budget(deadline.saturating_duration_since(Instant::now()));
             let metrics = self.metrics.clone();
-            set.spawn(async move {
-                let t0 = Instant::now();
-                let res = handle.rank(req, timeout, trace.child()).await;
-                let outcome = match &res {
-                    Ok(_) => "ok",
-                    Err(s)
-                        if s.code() == tonic::Code::DeadlineExceeded
-                            || s.message().contains("Timeout expired") =>
-                    {
-                        "timeout"
-                    }
-                    Err(_) => "error",
-                };
-                metrics
-                    .shard_calls
-                    .get_or_create(&ShardOutcome {
-                        shard: c.shard,
-                        outcome,
-                    })
-                    .inc();
-                metrics
-                    .shard_call_seconds
-                    .get_or_create(&Shard { shard: c.shard })
-                    .observe(t0.elapsed().as_secs_f64());
-                (c.shard, res, t0.elapsed())
-            });
+            // A child of the request's span: lines about this call carry its trace id.
+            let span = tracing::info_span!(
+                "shard_call",
+                shard = c.shard,
+                skip = c.skip,
+                count = c.count
+            );
+            set.spawn(tracing::Instrument::instrument(
+                async move {
+                    let t0 = Instant::now();
+                    let res = handle.rank(req, timeout, trace.child()).await;
+                    let outcome = match &res {
+                        Ok(_) => "ok",
+                        Err(s)
+                            if s.code() == tonic::Code::DeadlineExceeded
+                                || s.message().contains("Timeout expired") =>
+                        {
+                            "timeout"
+                        }
+                        Err(_) => "error",
+                    };
+                    metrics
+                        .shard_calls
+                        .get_or_create(&ShardOutcome {
+                            shard: c.shard,
+                            outcome,
+                        })
+                        .inc();
+                    metrics
+                        .shard_call_seconds
+                        .get_or_create(&Shard { shard: c.shard })
+                        .observe(t0.elapsed().as_secs_f64());
+                    (c.shard, res, t0.elapsed())
+                },
+                span,
+            ));
         }
         let mut out = Vec::with_capacity(set.len());
         // Dropping the set (a cancelled request) aborts the calls still in flight.
