@@ -269,6 +269,26 @@ impl Cluster {
         let mut coordinator =
             Proc::spawn("shardrank-coordinator", &args, dir.join("coordinator.log"));
         let url = format!("http://127.0.0.1:{port}");
+        // A shard that dies at start-up fails the test at once, with its log.
+        let t0 = Instant::now();
+        while Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+            && t0.elapsed() < START_TIMEOUT
+        {
+            for s in shards.iter_mut() {
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    panic!(
+                        "{} exited with {status} during start-up:\n{}",
+                        s.name,
+                        s.log_tail()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         wait_serving(&url, "", &mut coordinator, START_TIMEOUT).await;
         let admin = format!("http://127.0.0.1:{admin_port}");
         Cluster {

@@ -57,15 +57,9 @@ impl Stats {
     }
 }
 
+/// The gRPC code's name as the metrics label it (INVALID_ARGUMENT, ...).
 pub fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_uppercase()).then_some('_');
-            sep.into_iter().chain(c.to_uppercase())
-        })
-        .collect()
+    shardrank_proto::admin::code_label(code).to_string()
 }
 
 /// One run, as WORKLOADS.md specifies (plus what helps read it).

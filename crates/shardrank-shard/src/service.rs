@@ -96,15 +96,10 @@ impl Shard for ShardService {
             ),
             Err(e) => tracing::info!(error = %e, "rank refused"),
         });
-        let code = match &res {
-            Ok(_) => "OK",
-            Err(e) => match e.grpc_code() {
-                tonic::Code::Unavailable => "UNAVAILABLE",
-                tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-                tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-                _ => "INTERNAL",
-            },
-        };
+        let code = shardrank_proto::admin::code_label(
+            res.as_ref()
+                .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok),
+        );
         self.state
             .metrics
             .requests
