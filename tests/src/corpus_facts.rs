@@ -79,7 +79,7 @@ pub fn reference_answer(
     let user = RequestUser::new(store, view, &ctx.followees, &ctx.excluded_authors);
     let out = rank(
         store,
-        &Models::builtin(),
+        &Models::builtin().heavy,
         &user,
         &RankParams {
             ids,

@@ -179,6 +179,26 @@ fn a_malformed_events_line_stops_the_shard_naming_the_line() {
     );
 }
 
+/// Runs a coordinator on the tiny corpus against `shards` to its exit, off the runtime.
+async fn run_coordinator(shards: String) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        run(
+            "shardrank-coordinator",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &shards,
+                "--corpus",
+                "tiny",
+            ],
+            T,
+        )
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
     let dir = scratch_dir("mismatch");
@@ -209,22 +229,7 @@ async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
         "http://127.0.0.1:{},http://127.0.0.1:{}",
         ports[1], ports[0]
     );
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        run(
-            "shardrank-coordinator",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &list,
-                "--corpus",
-                "tiny",
-            ],
-            T,
-        )
-    })
-    .await
-    .unwrap();
+    let (code, _, err) = run_coordinator(list).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("mismatch"), "{err}");
 
@@ -233,22 +238,7 @@ async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
         "http://127.0.0.1:{},http://127.0.0.1:{},http://127.0.0.1:{}",
         ports[0], ports[1], ports[1]
     );
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        run(
-            "shardrank-coordinator",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &list,
-                "--corpus",
-                "tiny",
-            ],
-            T,
-        )
-    })
-    .await
-    .unwrap();
+    let (code, _, err) = run_coordinator(list).await;
     assert_eq!(code, Some(2));
     assert!(err.contains("of 3"), "{err}");
 

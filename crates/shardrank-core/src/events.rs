@@ -174,10 +174,25 @@ fn skip_reply_to(v: &Option<Option<u64>>) -> bool {
 }
 
 fn need<T>(v: Option<T>, field: &str, kind: Kind) -> Result<T, String> {
-    v.ok_or_else(|| {
-        format!("{kind:?} event is missing required field `{field}`")
-            .replace("NewTweet", "new_tweet")
-    })
+    v.ok_or_else(|| format!("{} event is missing required field `{field}`", kind.name()))
+}
+
+impl Kind {
+    /// The `type` as written on the wire.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Schema => "schema",
+            Kind::User => "user",
+            Kind::NewTweet => "new_tweet",
+            Kind::Like => "like",
+            Kind::Retweet => "retweet",
+            Kind::Reply => "reply",
+            Kind::Follow => "follow",
+            Kind::Unfollow => "unfollow",
+            Kind::Block => "block",
+            Kind::Mute => "mute",
+        }
+    }
 }
 
 /// What one line holds.

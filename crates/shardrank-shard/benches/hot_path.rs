@@ -145,25 +145,30 @@ fn coordinator_merge_4x300(b: Bencher) {
     b.bench(|| select(black_box(&parts), 1000, 100));
 }
 
-#[divan::bench(items_count = 25_000usize, sample_count = 30)]
-fn shard_rank_25k(b: Bencher) {
+/// One shard's whole Rank of `n` random candidates, heavy-scoring the best `count`.
+fn bench_shard_rank(b: Bencher, n: usize, count: usize) {
     let s = store();
     let m = Models::builtin();
-    let ids = random_ids(25_000);
+    let ids = random_ids(n);
     let user = RequestUser::new(s, UserView::default(), &[], &[]);
     b.bench(|| {
         rank(
             s,
-            &m,
+            &m.heavy,
             &user,
             &RankParams {
                 ids: black_box(&ids),
                 now_ms: CORPUS_END_MS,
                 skip: 0,
-                count: 300,
+                count,
             },
         )
     });
+}
+
+#[divan::bench(items_count = 25_000usize, sample_count = 30)]
+fn shard_rank_25k(b: Bencher) {
+    bench_shard_rank(b, 25_000, 300);
 }
 
 /// The merge lives in the coordinator crate; a copy of its inputs here keeps the bench
@@ -199,21 +204,5 @@ mod shardrank_coordinator_merge {
 /// A whole rank-1k share on one shard: 1000 candidates, all heavy-scored (H = 1000).
 #[divan::bench(items_count = 1000usize, sample_count = 50)]
 fn shard_rank_1k_all_heavy(b: Bencher) {
-    let s = store();
-    let m = Models::builtin();
-    let ids = random_ids(1000);
-    let user = RequestUser::new(s, UserView::default(), &[], &[]);
-    b.bench(|| {
-        rank(
-            s,
-            &m,
-            &user,
-            &RankParams {
-                ids: black_box(&ids),
-                now_ms: CORPUS_END_MS,
-                skip: 0,
-                count: 1000,
-            },
-        )
-    });
+    bench_shard_rank(b, 1000, 1000);
 }

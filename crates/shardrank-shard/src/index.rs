@@ -100,10 +100,6 @@ impl IdIndex {
         }
     }
 
-    pub fn contains(&self, id: u64) -> bool {
-        self.get(id).is_some()
-    }
-
     pub fn reserve(&mut self, additional: usize) {
         let want = self.len + additional;
         if want * 10 > self.slots.len() * 7 {

@@ -15,7 +15,7 @@ use crate::store::PostStore;
 use rayon::prelude::*;
 use shardrank_core::features::{extract, light_parts, UserView, NUM_FEATURES};
 use shardrank_core::model::heavy::Scratch;
-use shardrank_core::model::Models;
+use shardrank_core::model::HeavyModel;
 use shardrank_core::topk::{keep_top, merge_top, Ranked};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -180,7 +180,12 @@ fn light_chunk(
 }
 
 /// Ranks `p.ids` for `user`; see the module docs.
-pub fn rank(store: &PostStore, models: &Models, user: &RequestUser, p: &RankParams) -> RankOutput {
+pub fn rank(
+    store: &PostStore,
+    heavy: &HeavyModel,
+    user: &RequestUser,
+    p: &RankParams,
+) -> RankOutput {
     let t0 = Instant::now();
     let keep = p.skip.saturating_add(p.count).min(p.ids.len());
     let seen: Vec<AtomicU64> = (0..store.len() / 64 + 1)
@@ -216,11 +221,9 @@ pub fn rank(store: &PostStore, models: &Models, user: &RequestUser, p: &RankPara
     for (x, s) in xs.iter_mut().zip(slice) {
         features(store, user, s.row, p.now_ms, x);
     }
-    let mut heavy = vec![0.0f32; slice.len()];
-    models
-        .heavy
-        .score_batch(&xs, &mut heavy, &mut Scratch::default());
-    out.items = slice.iter().copied().zip(heavy).collect();
+    let mut scores = vec![0.0f32; slice.len()];
+    heavy.score_batch(&xs, &mut scores, &mut Scratch::default());
+    out.items = slice.iter().copied().zip(scores).collect();
     out.heavy_ms = t1.elapsed().as_secs_f64() * 1e3;
     out
 }
@@ -229,6 +232,7 @@ pub fn rank(store: &PostStore, models: &Models, user: &RequestUser, p: &RankPara
 mod tests {
     use super::*;
     use shardrank_core::corpus::{generate, CorpusSpec, CORPUS_END_MS};
+    use shardrank_core::model::Models;
     use shardrank_core::routing::shard_of;
 
     fn store(index: u32, n: u32) -> PostStore {
@@ -242,51 +246,41 @@ mod tests {
         RequestUser::new(s, UserView::default(), &[], &[])
     }
 
+    /// `rank` with the built-in heavy model at the corpus' end of time.
+    fn ranked(
+        s: &PostStore,
+        u: &RequestUser,
+        ids: &[u64],
+        skip: usize,
+        count: usize,
+    ) -> RankOutput {
+        rank(
+            s,
+            &Models::builtin().heavy,
+            u,
+            &RankParams {
+                ids,
+                now_ms: CORPUS_END_MS,
+                skip,
+                count,
+            },
+        )
+    }
+
     #[test]
     fn slices_of_the_light_order_tile_it() {
         let s = store(0, 1);
-        let m = Models::builtin();
         let ids: Vec<u64> = s.ids.iter().copied().step_by(3).collect();
         let u = cold(&s);
-        let all = rank(
-            &s,
-            &m,
-            &u,
-            &RankParams {
-                ids: &ids,
-                now_ms: CORPUS_END_MS,
-                skip: 0,
-                count: ids.len(),
-            },
-        );
+        let all = ranked(&s, &u, &ids, 0, ids.len());
         assert_eq!(all.eligible, ids.len());
         assert_eq!(all.items.len(), ids.len());
         assert!(all
             .items
             .windows(2)
             .all(|w| shardrank_core::topk::cmp(&w[0].0, &w[1].0).is_lt()));
-        let head = rank(
-            &s,
-            &m,
-            &u,
-            &RankParams {
-                ids: &ids,
-                now_ms: CORPUS_END_MS,
-                skip: 0,
-                count: 100,
-            },
-        );
-        let tail = rank(
-            &s,
-            &m,
-            &u,
-            &RankParams {
-                ids: &ids,
-                now_ms: CORPUS_END_MS,
-                skip: 100,
-                count: 50,
-            },
-        );
+        let head = ranked(&s, &u, &ids, 0, 100);
+        let tail = ranked(&s, &u, &ids, 100, 50);
         assert_eq!(head.items[..], all.items[..100]);
         assert_eq!(tail.items[..], all.items[100..150]);
     }
@@ -294,7 +288,6 @@ mod tests {
     #[test]
     fn duplicates_unknowns_and_exclusions_are_counted_once() {
         let s = store(0, 1);
-        let m = Models::builtin();
         let a = s.ids[0];
         let b = s.ids[1];
         let author_b = s.authors.ids[s.author(1) as usize];
@@ -302,17 +295,7 @@ mod tests {
         let excluded_rows = s.hot.iter().filter(|h| h.author == s.author(1)).count();
         let mut ids: Vec<u64> = vec![a, a, 5, 5, 6, b];
         ids.extend(s.ids.iter().copied());
-        let out = rank(
-            &s,
-            &m,
-            &u,
-            &RankParams {
-                ids: &ids,
-                now_ms: CORPUS_END_MS,
-                skip: 0,
-                count: 10,
-            },
-        );
+        let out = ranked(&s, &u, &ids, 0, 10);
         assert_eq!(out.unknown, 2);
         assert_eq!(out.excluded, excluded_rows);
         assert_eq!(out.eligible, s.len() - excluded_rows);
@@ -326,17 +309,10 @@ mod tests {
     fn chunked_parallel_equals_one_chunk() {
         // Many candidates with repeats across chunk borders.
         let s = store(0, 1);
-        let m = Models::builtin();
         let u = cold(&s);
         let mut ids: Vec<u64> = s.ids.clone();
         ids.extend(s.ids.iter().rev().copied());
-        let p = RankParams {
-            ids: &ids,
-            now_ms: CORPUS_END_MS,
-            skip: 0,
-            count: 300,
-        };
-        let par = rank(&s, &m, &u, &p);
+        let par = ranked(&s, &u, &ids, 0, 300);
         let one = light_chunk(
             &s,
             &u,
@@ -357,19 +333,8 @@ mod tests {
     #[test]
     fn partitions_score_candidates_identically() {
         let whole = store(0, 1);
-        let m = Models::builtin();
         let ids: Vec<u64> = whole.ids.iter().copied().step_by(7).collect();
-        let one = rank(
-            &whole,
-            &m,
-            &cold(&whole),
-            &RankParams {
-                ids: &ids,
-                now_ms: CORPUS_END_MS,
-                skip: 0,
-                count: ids.len(),
-            },
-        );
+        let one = ranked(&whole, &cold(&whole), &ids, 0, ids.len());
         for i in 0..3 {
             let part = store(i, 3);
             let mine: Vec<u64> = ids
@@ -377,17 +342,7 @@ mod tests {
                 .copied()
                 .filter(|&id| shard_of(id, 3) == i)
                 .collect();
-            let got = rank(
-                &part,
-                &m,
-                &cold(&part),
-                &RankParams {
-                    ids: &mine,
-                    now_ms: CORPUS_END_MS,
-                    skip: 0,
-                    count: mine.len(),
-                },
-            );
+            let got = ranked(&part, &cold(&part), &mine, 0, mine.len());
             for (c, h) in got.items {
                 let (wc, wh) = one.items.iter().find(|(w, _)| w.id == c.id).unwrap();
                 assert_eq!(

@@ -158,7 +158,7 @@ impl ShardService {
                 skip: req.heavy_skip as usize,
                 count: req.heavy_count as usize,
             };
-            let out = rank(&store, &state.models, &user, &params);
+            let out = rank(&store, &state.models.heavy, &user, &params);
             let authors: Vec<u64> = out
                 .items
                 .iter()
