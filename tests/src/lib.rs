@@ -37,13 +37,23 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before by this process (the
+/// kernel may offer a port again until someone binds it, and a cluster asks for several
+/// before its processes bind them).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A scratch directory, removed when dropped unless the test is failing (its logs are
@@ -269,7 +279,7 @@ impl Cluster {
         let mut coordinator =
             Proc::spawn("shardrank-coordinator", &args, dir.join("coordinator.log"));
         let url = format!("http://127.0.0.1:{port}");
-        // A shard that dies at start-up fails the test at once, with its log.
+        // A process that dies at start-up fails the test at once, with its log.
         let t0 = Instant::now();
         while Channel::from_shared(url.clone())
             .unwrap()
@@ -278,7 +288,7 @@ impl Cluster {
             .is_err()
             && t0.elapsed() < START_TIMEOUT
         {
-            for s in shards.iter_mut() {
+            for s in shards.iter_mut().chain(std::iter::once(&mut coordinator)) {
                 if let Ok(Some(status)) = s.child.try_wait() {
                     panic!(
                         "{} exited with {status} during start-up:\n{}",
