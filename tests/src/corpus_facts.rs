@@ -86,6 +86,7 @@ pub fn reference_answer(
             now_ms: users.watermark_ms,
             skip: 0,
             count: h.max(k),
+            deadline: None,
         },
     );
     let mut v: Vec<(u64, f32, f32)> = out

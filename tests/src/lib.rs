@@ -4,6 +4,7 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `make test` does).
 
+pub mod chaos;
 pub mod corpus_facts;
 
 use shardrank_proto::v1::coordinator_client::CoordinatorClient;
@@ -16,15 +17,20 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// The directory holding the workspace's binaries (next to this test's `deps/`).
+/// The directory holding the workspace's binaries: SHARDRANK_BIN_DIR, or the one this
+/// test or binary was built into.
 pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHARDRANK_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // Test binaries live in target/<profile>/deps, the `chaos` binary in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    dir
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -215,10 +221,15 @@ pub async fn wait_serving(url: &str, service: &str, proc: &mut Proc, timeout: Du
     }
 }
 
-/// A coordinator and its shards, on loopback.
+/// A coordinator and its shards, on loopback. With replicas, shard process `r * n + i`
+/// is replica r of shard i ([`Cluster::replica`]).
 pub struct Cluster {
     pub shards: Vec<Proc>,
+    /// The command line of each shard process, to restart it.
+    pub shard_args: Vec<Vec<String>>,
     pub shard_urls: Vec<String>,
+    pub num_shards: u32,
+    pub replicas: u32,
     /// Admin HTTP base URLs (/metrics, /healthz) of the shards.
     pub shard_admin: Vec<String>,
     pub coordinator: Proc,
@@ -237,12 +248,24 @@ impl Cluster {
     }
 
     pub async fn start_with(n: u32, data: &[&str], coordinator_args: &[&str]) -> Cluster {
+        Self::start_replicated(n, 1, data, coordinator_args).await
+    }
+
+    /// `n` shards of `replicas` processes each, and a coordinator given them all.
+    pub async fn start_replicated(
+        n: u32,
+        replicas: u32,
+        data: &[&str],
+        coordinator_args: &[&str],
+    ) -> Cluster {
         let dir = scratch_dir("cluster");
         let data: Vec<String> = data.iter().map(|s| s.to_string()).collect();
         let mut shards = Vec::new();
+        let mut shard_args = Vec::new();
         let mut shard_urls = Vec::new();
         let mut shard_admin = Vec::new();
-        for i in 0..n {
+        for k in 0..n * replicas {
+            let i = k % n;
             let port = free_port();
             let admin_port = free_port();
             shard_admin.push(format!("http://127.0.0.1:{admin_port}"));
@@ -260,10 +283,21 @@ impl Cluster {
             shards.push(Proc::spawn(
                 "shardrank-shard",
                 &args,
-                dir.join(format!("shard-{i}.log")),
+                dir.join(format!("shard-{k}.log")),
             ));
+            shard_args.push(args);
             shard_urls.push(format!("http://127.0.0.1:{port}"));
         }
+        // Commas between shards, `|` between the replicas of one.
+        let shards_flag = (0..n as usize)
+            .map(|i| {
+                (0..replicas as usize)
+                    .map(|r| shard_urls[r * n as usize + i].clone())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         let port = free_port();
         let admin_port = free_port();
         let mut args = vec![
@@ -272,7 +306,7 @@ impl Cluster {
             "--admin-listen".into(),
             format!("127.0.0.1:{admin_port}"),
             "--shards".into(),
-            shard_urls.join(","),
+            shards_flag,
         ];
         args.extend(data.iter().cloned());
         args.extend(coordinator_args.iter().map(|s| s.to_string()));
@@ -303,7 +337,10 @@ impl Cluster {
         let admin = format!("http://127.0.0.1:{admin_port}");
         Cluster {
             shards,
+            shard_args,
             shard_urls,
+            num_shards: n,
+            replicas,
             shard_admin,
             coordinator,
             url,
@@ -320,10 +357,54 @@ impl Cluster {
             .max_encoding_message_size(64 << 20)
     }
 
-    pub fn kill_shard(&mut self, i: usize) {
-        self.shards[i].kill();
+    /// The process index of replica `r` of shard `i`.
+    pub fn replica(&self, i: u32, r: u32) -> usize {
+        (r * self.num_shards + i) as usize
+    }
+
+    /// SIGKILLs shard process `k` (with one replica, shard k).
+    pub fn kill_shard(&mut self, k: usize) {
+        self.shards[k].kill();
+    }
+
+    /// Starts shard process `k` again with its command line (after a kill).
+    pub fn restart_shard(&mut self, k: usize) {
+        self.shards[k].kill();
+        let log = self.dir.join(format!("shard-{k}-restarted.log"));
+        self.shards[k] = Proc::spawn("shardrank-shard", &self.shard_args[k], log);
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to shard process `k`.
+    pub fn signal_shard(&self, k: usize, signal: &str) {
+        send_signal(self.shards[k].child.id(), signal);
     }
 }
+
+/// Sends `signal` (a name such as "TERM", "STOP", "CONT") to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{signal} {pid} failed");
+}
+
+/// Peak resident memory of process `pid` in bytes (VmHWM), if it is running.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+impl Cluster {}
 
 impl Drop for Cluster {
     /// Stops every process before the scratch directory (a field) goes.

@@ -56,3 +56,73 @@ async fn events_file_and_generator_agree() {
         assert_eq!(key(&x), key(&y), "n={n}");
     }
 }
+
+/// Malformed lines are skipped, counted and named; every other event is applied, so the
+/// cluster answers exactly as one loaded from the clean stream.
+#[tokio::test]
+async fn malformed_lines_are_skipped_counted_and_nothing_else_is_lost() {
+    let dir = scratch_dir("gen-bad");
+    let clean = dir.join("tiny.jsonl");
+    let (code, _, err) = run(
+        "shardrank",
+        &["gen", "--corpus", "tiny", "--out", clean.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&clean).unwrap();
+    let mut lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
+    // 1-based line numbers of the bad lines in the corrupted file.
+    lines.insert(9, b"{\"type\":\"like\",\"user_id\":1}".to_vec());
+    lines.insert(4999, b"this is not json".to_vec());
+    lines.push(b"\xff\xfe{not utf-8}".to_vec());
+    let bad_line_numbers = [10, 5000, lines.len()];
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, lines.join(&b'\n')).unwrap();
+
+    let bad_args = ["--events", bad.to_str().unwrap()];
+    let (corrupted, generated) = tokio::join!(
+        Cluster::start(2, &bad_args),
+        Cluster::start(2, &["--corpus", "tiny"])
+    );
+    let facts = Facts::of("tiny", 42);
+    let (mut a, mut b) = (corrupted.client().await, generated.client().await);
+    let req = RankRequest {
+        user_id: facts.users[5],
+        candidate_ids: facts.tweets.clone(),
+        top_k: 100,
+        ..Default::default()
+    };
+    let x = a.rank(req.clone()).await.unwrap().into_inner();
+    let y = b.rank(req).await.unwrap().into_inner();
+    assert_eq!(x.candidates, y.candidates);
+    assert_eq!(x.unknown_candidates, 0, "no post lost");
+
+    for (i, admin) in corrupted.shard_admin.iter().enumerate() {
+        let (_, m) = shardrank_tests::http_get(&format!("{admin}/metrics")).await;
+        assert_eq!(
+            shardrank_tests::metric(&m, "shardrank_shard_events_malformed_total"),
+            Some(3.0),
+            "shard {i}"
+        );
+        let log = std::fs::read_to_string(&corrupted.shards[i].log).unwrap();
+        for n in bad_line_numbers {
+            assert!(
+                log.contains(&format!("line {n}:")),
+                "line {n} not named:\n{log}"
+            );
+        }
+    }
+    // The coordinator reads the same stream: it skips and counts the same lines.
+    let log = std::fs::read_to_string(&corrupted.coordinator.log).unwrap();
+    let plain: String = log
+        .split('\x1b')
+        .map(|part| match part.strip_prefix('[') {
+            Some(rest) => rest.split_once('m').map_or(rest, |(_, t)| t),
+            None => part,
+        })
+        .collect();
+    assert!(
+        plain.contains("malformed=3") && plain.contains("line 5000:"),
+        "{plain}"
+    );
+}

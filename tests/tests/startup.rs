@@ -40,8 +40,8 @@ fn bad_flags_are_named() {
     );
     assert_fails(
         "shardrank-coordinator",
-        &["--shards", "http://a:1|http://b:1"],
-        "replicas",
+        &["--shards", "http://a:1|http://b:1,http://a:1"],
+        "listed twice",
     );
     assert_fails(
         "shardrank-coordinator",
@@ -139,7 +139,7 @@ fn a_model_file_of_the_wrong_shape_names_the_tensor() {
 }
 
 #[test]
-fn a_malformed_events_line_stops_the_shard_naming_the_line() {
+fn with_strict_a_malformed_events_line_stops_the_shard_naming_the_line() {
     let dir = scratch_dir("events");
     let file = dir.join("events.jsonl");
     let good =
@@ -155,6 +155,7 @@ fn a_malformed_events_line_stops_the_shard_naming_the_line() {
         &format!("127.0.0.1:{port}"),
         "--events",
         file.to_str().unwrap(),
+        "--strict",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -236,7 +237,9 @@ async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
     // A list of three for shards that say "of 2": also refused.
     let list = format!(
         "http://127.0.0.1:{},http://127.0.0.1:{},http://127.0.0.1:{}",
-        ports[0], ports[1], ports[1]
+        ports[0],
+        ports[1],
+        shardrank_tests::free_port()
     );
     let (code, _, err) = run_coordinator(list).await;
     assert_eq!(code, Some(2));
@@ -249,7 +252,7 @@ async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
             "--listen",
             "127.0.0.1:0",
             "--shards",
-            "http://127.0.0.1:1",
+            "http://127.0.0.1:1|http://127.0.0.1:2",
             "--corpus",
             "tiny",
             "--shard-wait-secs",
@@ -259,7 +262,9 @@ async fn a_coordinator_whose_shard_list_is_out_of_order_refuses_to_start() {
     );
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("not ready in time") && err.contains("127.0.0.1:1"),
+        err.contains("no replica was ready in time")
+            && err.contains("127.0.0.1:1:")
+            && err.contains("127.0.0.1:2:"),
         "{err}"
     );
 }

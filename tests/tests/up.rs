@@ -1,10 +1,10 @@
 //! `shardrank up`: start, health, a Rank request, a dead shard reported, a clean stop
-//! with no process left behind.
+//! with no process left behind; with replicas, a dead replica costs no answer.
 
 use shardrank_proto::v1::RankRequest;
-use shardrank_tests::{bin, scratch_dir};
+use shardrank_tests::{bin, scratch_dir, ScratchDir};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn alive(pid: u32) -> bool {
@@ -14,27 +14,30 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
+struct Up {
+    child: Child,
+    /// Kept open: `up` keeps printing, and a closed pipe must not be what stops it.
+    _stdout: BufReader<ChildStdout>,
+    /// Started processes in the order `up` printed them: shards, then the coordinator.
+    pids: Vec<u32>,
+    target: String,
+    _logs: ScratchDir,
+}
+
+/// Runs `shardrank up` with `args` and waits for its "cluster up" line.
+fn start(args: &[&str]) -> Up {
     let logs = scratch_dir("up");
-    let mut up = Command::new(bin("shardrank"))
-        .args([
-            "up",
-            "--shards",
-            "3",
-            "--corpus",
-            "tiny",
-            "--base-port",
-            "0",
-            "--log-dir",
-            logs.to_str().unwrap(),
-        ])
+    let mut child = Command::new(bin("shardrank"))
+        .arg("up")
+        .args(args)
+        .args(["--corpus", "tiny", "--base-port", "0", "--log-dir"])
+        .arg(logs.to_str().unwrap())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let (mut pids, mut target) = (Vec::new(), String::new());
     let t0 = Instant::now();
     while target.is_empty() {
@@ -61,52 +64,25 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
                 .to_string();
         }
     }
-    assert_eq!(pids.len(), 4, "3 shards and a coordinator");
-    assert!(pids.iter().all(|&p| alive(p)));
+    Up {
+        child,
+        _stdout: out,
+        pids,
+        target,
+        _logs: logs,
+    }
+}
 
-    let facts = shardrank_tests::corpus_facts::Facts::of("tiny", 42);
-    let mut client = shardrank_proto::v1::coordinator_client::CoordinatorClient::new(
-        shardrank_tests::channel(&target).await,
-    );
-    let r = client
-        .rank(RankRequest {
-            user_id: 1,
-            candidate_ids: facts.tweets[..500].to_vec(),
-            top_k: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.candidates.len(), 10);
+fn kill9(pid: u32) {
+    shardrank_tests::send_signal(pid, "KILL");
+}
 
-    // A shard that dies is reported, and the cluster answers without it.
-    assert!(Command::new("kill")
-        .args(["-9", &pids[1].to_string()])
-        .status()
-        .unwrap()
-        .success());
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let r = client
-        .rank(RankRequest {
-            user_id: 1,
-            candidate_ids: facts.tweets[..500].to_vec(),
-            top_k: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.missing_shards, vec![1]);
-
-    assert!(Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+/// SIGTERMs `up`, checks it exits 0 with no process left; returns its stderr.
+async fn stop(mut up: Up) -> String {
+    shardrank_tests::send_signal(up.child.id(), "TERM");
     let t0 = Instant::now();
     let status = loop {
-        if let Some(s) = up.try_wait().unwrap() {
+        if let Some(s) = up.child.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -117,27 +93,76 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
     };
     assert!(status.success(), "{status}");
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("shard 1 exited"), "{err}");
-    for p in pids {
+    std::io::Read::read_to_string(&mut up.child.stderr.take().unwrap(), &mut err).unwrap();
+    for &p in &up.pids {
         assert!(!alive(p), "process {p} left behind");
     }
+    err
+}
+
+async fn rank(target: &str) -> shardrank_proto::v1::RankResponse {
+    let facts = shardrank_tests::corpus_facts::Facts::of("tiny", 42);
+    let mut client = shardrank_proto::v1::coordinator_client::CoordinatorClient::new(
+        shardrank_tests::channel(target).await,
+    );
+    client
+        .rank(RankRequest {
+            user_id: 1,
+            candidate_ids: facts.tweets[..500].to_vec(),
+            top_k: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
+    let up = start(&["--shards", "3"]);
+    assert_eq!(up.pids.len(), 4, "3 shards and a coordinator");
+    assert!(up.pids.iter().all(|&p| alive(p)));
+    let r = rank(&up.target).await;
+    assert_eq!(r.candidates.len(), 10);
+
+    // A shard that dies is reported, and the cluster answers without it.
+    kill9(up.pids[1]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = rank(&up.target).await;
+    assert_eq!(r.missing_shards, vec![1]);
+    let err = stop(up).await;
+    assert!(err.contains("shard 1 exited"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_replicas_survives_a_dead_replica() {
+    let up = start(&["--shards", "2", "--replicas", "2"]);
+    assert_eq!(up.pids.len(), 5, "2 shards x 2 replicas and a coordinator");
+    let full = rank(&up.target).await;
+    assert!(full.missing_shards.is_empty());
+    // Replica 0 of shard 1 is the second process started.
+    kill9(up.pids[1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        let r = rank(&up.target).await;
+        assert!(r.missing_shards.is_empty(), "{:?}", r.missing_shards);
+        assert_eq!(r.candidates, full.candidates);
+    }
+    let err = stop(up).await;
+    assert!(err.contains("shard 1 replica 0 exited"), "{err}");
 }
 
 #[test]
 fn up_refuses_what_it_cannot_do() {
-    let (code, _, err) = shardrank_tests::run(
-        "shardrank",
-        &["up", "--replicas", "2", "--corpus", "tiny"],
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--replicas 2"), "{err}");
-    let (code, _, err) = shardrank_tests::run(
-        "shardrank",
-        &["up", "--shards", "0"],
-        Duration::from_secs(30),
-    );
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--shards"), "{err}");
+    for (args, names) in [
+        (
+            &["up", "--replicas", "0", "--corpus", "tiny"][..],
+            "--replicas",
+        ),
+        (&["up", "--shards", "0"][..], "--shards"),
+    ] {
+        let (code, _, err) = shardrank_tests::run("shardrank", args, Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{args:?}");
+        assert!(err.contains(names), "{err}");
+    }
 }

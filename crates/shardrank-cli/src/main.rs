@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         Command::Up(args) => block_on(up::run(args)),
         Command::Wait { target, timeout_secs } => block_on(async move {
             let t0 = std::time::Instant::now();
-            rank::wait_serving(&target, std::time::Duration::from_secs(timeout_secs))
+            rank::wait_serving(&target, "", std::time::Duration::from_secs(timeout_secs))
                 .await
                 .map(|_| format!("{target} is serving (after {:.2} s)", t0.elapsed().as_secs_f64()))
         }),

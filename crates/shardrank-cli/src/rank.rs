@@ -48,7 +48,14 @@ pub struct RankArgs {
     stats: bool,
 }
 
-pub async fn wait_serving(target: &str, within: Duration) -> Result<Channel, String> {
+/// `service` is the health-check service name: "" for the server as a whole,
+/// `shardrank.v1.Coordinator` to be sure it is a coordinator (a shard that took the
+/// port answers NOT_FOUND for it).
+pub async fn wait_serving(
+    target: &str,
+    service: &str,
+    within: Duration,
+) -> Result<Channel, String> {
     let endpoint = Channel::from_shared(target.to_string())
         .map_err(|e| format!("--target {target:?}: {e}"))?;
     let t0 = Instant::now();
@@ -57,7 +64,7 @@ pub async fn wait_serving(target: &str, within: Duration) -> Result<Channel, Str
         match endpoint.connect().await {
             Ok(ch) => match HealthClient::new(ch.clone())
                 .check(HealthCheckRequest {
-                    service: String::new(),
+                    service: service.to_string(),
                 })
                 .await
             {
@@ -91,7 +98,12 @@ pub async fn run(a: RankArgs) -> Result<String, String> {
         return Err("--requests and --candidates must be at least 1".into());
     }
     let waited = Instant::now();
-    let ch = wait_serving(&a.target, Duration::from_secs(a.wait_secs)).await?;
+    let ch = wait_serving(
+        &a.target,
+        shardrank_proto::COORDINATOR_SERVICE,
+        Duration::from_secs(a.wait_secs),
+    )
+    .await?;
     println!(
         "{} is serving (waited {:.2} s)",
         a.target,

@@ -11,12 +11,29 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
+/// Prints a line, ignoring a closed stdout/stderr: `up` runs a cluster, and a reader
+/// that went away (`shardrank up | head`) must not take the cluster down with a panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+macro_rules! warn {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Shard count (partitions).
     #[arg(long, default_value_t = 4)]
     shards: u32,
-    /// Replicas per shard (more than 1 needs replica support in the coordinator).
+    /// Replicas per shard: each shard index is served by this many shard processes, and
+    /// the coordinator spreads load over them, retries and hedges across them.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
     /// Built-in corpus every process generates (ignored with --events).
@@ -30,7 +47,8 @@ pub struct UpArgs {
     /// Model directory passed to every process.
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
-    /// The coordinator listens on this port, shard i on port + 1 + i; 0 picks free ports.
+    /// The coordinator listens on this port, replica r of shard i on
+    /// port + 1 + r * shards + i; admin ports are these + 1000. 0 picks free ports.
     #[arg(long, default_value_t = 7000)]
     base_port: u16,
     /// Directory holding shardrank-shard and shardrank-coordinator; by default the one
@@ -57,11 +75,22 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
+/// A port free now, never one this process handed out before (the kernel may give a
+/// just-released port again, and two members must not race for one).
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("finding a free port: {e}"))?;
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err("finding a free port: the kernel kept giving ports already used".into())
 }
 
 fn spawn(bin: &Path, args: &[String], log: PathBuf, name: String) -> Result<Member, String> {
@@ -125,11 +154,8 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     if a.shards == 0 {
         return Err("--shards must be at least 1".into());
     }
-    if a.replicas != 1 {
-        return Err(format!(
-            "--replicas {}: the coordinator does not support replicas yet (one replica per shard)",
-            a.replicas
-        ));
+    if a.replicas == 0 {
+        return Err("--replicas must be at least 1".into());
     }
     let bin_dir = match &a.bin_dir {
         Some(d) => d.clone(),
@@ -183,40 +209,48 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
 
     let t0 = Instant::now();
     let mut members = Vec::new();
-    let mut urls = Vec::new();
-    for i in 0..a.shards {
-        let p = port(1 + i as u16)?;
-        let mut args = vec![
-            "--listen".to_string(),
-            format!("127.0.0.1:{p}"),
-            "--admin-listen".into(),
-            format!(
-                "127.0.0.1:{}",
-                if a.base_port == 0 {
-                    free_port()?
-                } else {
-                    p.checked_add(1000)
-                        .ok_or("--base-port too high for admin ports (+1000)")?
-                }
-            ),
-            "--shard-index".into(),
-            i.to_string(),
-            "--num-shards".into(),
-            a.shards.to_string(),
-        ];
-        args.extend(data.iter().cloned());
-        members.push(spawn(
-            &shard_bin,
-            &args,
-            log_dir.join(format!("shard-{i}.log")),
-            format!("shard {i}"),
-        )?);
-        urls.push(format!("http://127.0.0.1:{p}"));
-        println!(
-            "started shard {i} (pid {}) on {}",
-            members[i as usize].child.id().unwrap_or(0),
-            urls[i as usize]
-        );
+    let mut urls: Vec<Vec<String>> = vec![Vec::new(); a.shards as usize];
+    for r in 0..a.replicas {
+        for i in 0..a.shards {
+            let offset = u16::try_from(1 + r * a.shards + i)
+                .map_err(|_| "--shards x --replicas leaves no room for ports".to_string())?;
+            let p = port(offset)?;
+            let mut args = vec![
+                "--listen".to_string(),
+                format!("127.0.0.1:{p}"),
+                "--admin-listen".into(),
+                format!(
+                    "127.0.0.1:{}",
+                    if a.base_port == 0 {
+                        free_port()?
+                    } else {
+                        p.checked_add(1000)
+                            .ok_or("--base-port too high for admin ports (+1000)")?
+                    }
+                ),
+                "--shard-index".into(),
+                i.to_string(),
+                "--num-shards".into(),
+                a.shards.to_string(),
+            ];
+            args.extend(data.iter().cloned());
+            let (log, name) = if a.replicas == 1 {
+                (format!("shard-{i}.log"), format!("shard {i}"))
+            } else {
+                (
+                    format!("shard-{i}-r{r}.log"),
+                    format!("shard {i} replica {r}"),
+                )
+            };
+            let m = spawn(&shard_bin, &args, log_dir.join(log), name.clone())?;
+            let url = format!("http://127.0.0.1:{p}");
+            say!(
+                "started {name} (pid {}) on {url}",
+                m.child.id().unwrap_or(0)
+            );
+            members.push(m);
+            urls[i as usize].push(url);
+        }
     }
     let cp = port(0)?;
     let admin_port = if a.base_port == 0 {
@@ -231,7 +265,10 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
         "--admin-listen".into(),
         format!("127.0.0.1:{admin_port}"),
         "--shards".into(),
-        urls.join(","),
+        urls.iter()
+            .map(|r| r.join("|"))
+            .collect::<Vec<_>>()
+            .join(","),
     ];
     args.extend(data.iter().cloned());
     members.push(spawn(
@@ -241,14 +278,14 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
         "coordinator".into(),
     )?);
     let target = format!("http://127.0.0.1:{cp}");
-    println!(
+    say!(
         "started coordinator (pid {}) on {target}",
         members.last().and_then(|m| m.child.id()).unwrap_or(0)
     );
 
     // Healthy, or a member died, or the wait ran out.
     let healthy = tokio::select! {
-        r = crate::rank::wait_serving(&target, Duration::from_secs(a.wait_secs)) => r.map(|_| ()),
+        r = crate::rank::wait_serving(&target, shardrank_proto::COORDINATOR_SERVICE, Duration::from_secs(a.wait_secs)) => r.map(|_| ()),
         (i, status) = first_exit(&mut members) => Err(format!(
             "{} exited during start-up ({status}); last log lines ({}):\n{}",
             members[i].name, members[i].log.display(), log_tail(&members[i].log)
@@ -258,8 +295,8 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
         stop_all(&mut members, Duration::from_secs(5)).await;
         return Err(e);
     }
-    println!(
-        "cluster up in {:.2} s: coordinator {target} ({} shards x {} replica, {}), logs in {}",
+    say!(
+        "cluster up in {:.2} s: coordinator {target} ({} shards x {} replicas, {}), logs in {}",
         t0.elapsed().as_secs_f64(),
         a.shards,
         a.replicas,
@@ -271,9 +308,9 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
             )),
         log_dir.display()
     );
-    println!("metrics: http://127.0.0.1:{admin_port}/metrics (shards: their gRPC port + 1000)");
-    println!("load-test it: shardrank-loadtest --target {target} --workload rank-1k --concurrency 8 --duration 15s --warmup 3s");
-    println!("stop it: Ctrl-C (or SIGTERM to pid {})", std::process::id());
+    say!("metrics: http://127.0.0.1:{admin_port}/metrics (shards: their gRPC port + 1000)");
+    say!("load-test it: shardrank-loadtest --target {target} --workload rank-1k --concurrency 8 --duration 15s --warmup 3s");
+    say!("stop it: Ctrl-C (or SIGTERM to pid {})", std::process::id());
 
     // Watch until asked to stop; a member that exits is reported, the rest keep serving.
     let mut watching: Vec<usize> = (0..members.len()).collect();
@@ -283,7 +320,7 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 watching.retain(|&i| match members[i].child.try_wait() {
                     Ok(Some(status)) => {
-                        eprintln!(
+                        warn!(
                             "shardrank up: {} exited ({status}); the cluster runs on without it. Last log lines ({}):\n{}",
                             members[i].name, members[i].log.display(), log_tail(&members[i].log)
                         );

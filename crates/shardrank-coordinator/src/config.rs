@@ -13,13 +13,15 @@ pub struct CoordinatorConfig {
     /// Address to serve gRPC on (shardrank.v1.Coordinator, grpc.health.v1, reflection).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,
-    /// The shards, in index order: the i-th comma-separated URL is shard i, and the
-    /// number of URLs is the shard count. (`|` between URLs of one shard will name its
-    /// replicas; one replica per shard is supported for now.)
+    /// The shards, in index order: commas separate shard indexes, `|` separates the
+    /// replicas of one index. `http://a:7001|http://b:7001,http://c:7001|http://d:7001`
+    /// is two shards with two replicas each; the number of comma-separated entries is the
+    /// shard count. Load is spread over a shard's replicas (power of two choices over
+    /// latency and calls in flight); a failed call is retried once on another replica.
     #[arg(
         long,
         default_value = "http://127.0.0.1:7001",
-        value_name = "URL,URL,..."
+        value_name = "URL[|URL...],..."
     )]
     pub shards: String,
     /// Admin HTTP address for GET /metrics and GET /healthz; `none` turns it off.
@@ -36,9 +38,36 @@ pub struct CoordinatorConfig {
     /// has not answered by then is listed in missing_shards.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub request_timeout_ms: u64,
-    /// Most candidate ids accepted in one request.
+    /// Most candidate ids accepted in one request (more: INVALID_ARGUMENT).
     #[arg(long, default_value_t = 1_000_000)]
     pub max_candidates: usize,
+    /// Most Rank requests processed at once; beyond it a request is refused at once with
+    /// RESOURCE_EXHAUSTED instead of queueing into a timeout (load shedding).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_in_flight: usize,
+    /// Fewer answering shards than this fraction of those called fails a request with
+    /// UNAVAILABLE instead of returning a thin answer; 0 accepts any answer.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub min_coverage: f64,
+    /// Hedging: at most this many extra calls per shard call in the long run (a token
+    /// bucket); 0 turns hedging off. Only shards with two or more replicas are hedged.
+    #[arg(long, default_value_t = 0.1, value_name = "RATIO")]
+    pub hedge_max_ratio: f64,
+    /// Hedging: a call still unanswered after this percentile of its replica's recent
+    /// latencies is sent to another replica too; the first answer wins.
+    #[arg(long, default_value_t = 95.0, value_name = "PERCENTILE")]
+    pub hedge_percentile: f64,
+    /// Hedging: never hedge sooner than this.
+    #[arg(long, default_value_t = 1, value_name = "MS")]
+    pub hedge_min_delay_ms: u64,
+    /// Retries of a failed shard call on another replica of the shard: 0 or 1. Never
+    /// after a timeout, and only with time left before the deadline.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub retries: u32,
+    /// How often every replica is health-checked (Info: reachable, loaded, right
+    /// layout). A failing replica leaves the rotation; it is back when a check passes.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub health_check_ms: u64,
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -82,23 +111,66 @@ pub fn parse_shards(spec: &str) -> Result<Vec<Vec<String>>, String> {
             url.parse::<tonic::transport::Uri>()
                 .map_err(|e| format!("--shards: shard {i} URL {url:?} is not a valid URI: {e}"))?;
         }
-        if replicas.len() > 1 {
-            return Err(format!(
-                "--shards: shard {i} lists {} replicas; replicas are not supported by this build yet, give one URL per shard",
-                replicas.len()
-            ));
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (i, replicas) in shards.iter().enumerate() {
+        for url in replicas {
+            if let Some(j) = seen.insert(url.as_str(), i) {
+                return Err(format!(
+                    "--shards: {url} is listed twice (shard {j} and shard {i}); each replica serves one shard index"
+                ));
+            }
         }
     }
     Ok(shards)
 }
 
 impl CoordinatorConfig {
+    /// How shard calls are made, from the flags.
+    pub fn call_policy(&self) -> crate::shard_call::CallPolicy {
+        crate::shard_call::CallPolicy {
+            hedge_quantile: self.hedge_percentile / 100.0,
+            hedge_min_delay: std::time::Duration::from_millis(self.hedge_min_delay_ms),
+            retry: self.retries > 0,
+        }
+    }
+
     pub fn validate(&self) -> Result<Vec<Vec<String>>, String> {
         if self.heavy_candidates == 0 {
             return Err("--heavy-candidates must be at least 1".into());
         }
         if self.request_timeout_ms == 0 {
             return Err("--request-timeout-ms must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_coverage) {
+            return Err(format!(
+                "--min-coverage {} must be a fraction between 0 and 1",
+                self.min_coverage
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.hedge_max_ratio) {
+            return Err(format!(
+                "--hedge-max-ratio {} must be between 0 (off) and 1",
+                self.hedge_max_ratio
+            ));
+        }
+        if !(self.hedge_percentile > 0.0 && self.hedge_percentile <= 100.0) {
+            return Err(format!(
+                "--hedge-percentile {} must be in (0, 100]",
+                self.hedge_percentile
+            ));
+        }
+        if self.retries > 1 {
+            return Err(format!(
+                "--retries {} : a failed shard call is retried at most once (0 or 1)",
+                self.retries
+            ));
+        }
+        if self.health_check_ms < 10 {
+            return Err("--health-check-ms must be at least 10".into());
         }
         parse_shards(&self.shards)
     }
@@ -115,8 +187,14 @@ mod tests {
             .unwrap_err()
             .contains("shard 1"));
         assert!(parse_shards("a:1").unwrap_err().contains("http://"));
-        assert!(parse_shards("http://a:1|http://b:1")
+        let two = parse_shards("http://a:1|http://b:1,http://c:1|http://d:1").unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[1], vec!["http://c:1", "http://d:1"]);
+        assert!(parse_shards("http://a:1|,http://b:2")
             .unwrap_err()
-            .contains("replicas"));
+            .contains("shard 0 has an empty URL"));
+        assert!(parse_shards("http://a:1|http://b:1,http://a:1")
+            .unwrap_err()
+            .contains("listed twice"));
     }
 }

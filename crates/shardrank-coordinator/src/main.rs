@@ -4,10 +4,11 @@
 
 use clap::Parser;
 use shardrank_coordinator::config::CoordinatorConfig;
-use shardrank_coordinator::metrics::CoordinatorMetrics;
+use shardrank_coordinator::metrics::{CoordinatorMetrics, Rpc, RpcCode};
 use shardrank_coordinator::rank::Ranker;
+use shardrank_coordinator::replica::ReplicaSet;
 use shardrank_coordinator::service::CoordinatorService;
-use shardrank_coordinator::shard_client::ShardHandle;
+use shardrank_coordinator::shard_client::{self, ShardGroup, ShardHandle};
 use shardrank_coordinator::users::UserStore;
 use shardrank_core::model::Models;
 use shardrank_proto::v1::coordinator_server::CoordinatorServer;
@@ -38,18 +39,24 @@ async fn main() -> ExitCode {
         }
     }
     let num_shards = shard_urls.len() as u32;
-    let mut shards = Vec::with_capacity(shard_urls.len());
+    let mut handles: Vec<Vec<ShardHandle>> = Vec::with_capacity(shard_urls.len());
     for (i, replicas) in shard_urls.iter().enumerate() {
-        match ShardHandle::connect_lazy(i as u32, &replicas[0], cfg.max_message_bytes) {
-            Ok(h) => shards.push(h),
-            Err(e) => return fail(format!("--shards: {e}")),
+        let mut group = Vec::with_capacity(replicas.len());
+        for url in replicas {
+            match ShardHandle::connect_lazy(i as u32, url, cfg.max_message_bytes) {
+                Ok(h) => group.push(h),
+                Err(e) => return fail(format!("--shards: {e}")),
+            }
         }
+        handles.push(group);
     }
+    let replica_counts: Vec<usize> = handles.iter().map(Vec::len).collect();
     if cfg.check_config {
         println!(
-            "shardrank-coordinator: configuration ok: {num_shards} shards, {}, heavy depth {}",
+            "shardrank-coordinator: configuration ok: {num_shards} shards, replicas {replica_counts:?}, {}, heavy depth {}, max in flight {}",
             source.describe(),
-            cfg.heavy_candidates
+            cfg.heavy_candidates,
+            cfg.max_in_flight
         );
         return ExitCode::SUCCESS;
     }
@@ -59,24 +66,48 @@ async fn main() -> ExitCode {
     let describe = source.describe();
     let load = tokio::task::spawn_blocking(move || {
         let mut users = UserStore::default();
-        source.for_each(|e| users.apply(&e)).map(|_| users)
+        source.for_each(|e| users.apply(&e)).map(|r| (users, r))
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shard_wait_secs);
-    let mut waits = tokio::task::JoinSet::new();
-    for h in &shards {
-        let h = h.clone();
-        waits.spawn(async move { h.wait_ready(num_shards, deadline).await });
-    }
+    // Every shard index needs one ready replica; replicas not ready yet start out of
+    // rotation and join when their health check passes.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
+    metrics.init_labels(&replica_counts);
+    let waits = handles.iter().enumerate().map(|(i, h)| {
+        let probe = ShardGroup {
+            index: i as u32,
+            handles: h.clone(),
+            set: Arc::new(ReplicaSet::new(i as u32, &shard_urls[i], &[], 0.0, None)),
+        };
+        async move { probe.wait_ready(num_shards, deadline).await }
+    });
+    // The first configuration error (a replica of another layout) ends the wait.
+    let ready = match futures_util::future::try_join_all(waits).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
     let mut posts = 0u64;
-    while let Some(res) = waits.join_next().await {
-        match res {
-            Ok(Ok(p)) => posts += p,
-            Ok(Err(e)) => return fail(e),
-            Err(e) => return fail(format!("waiting for shards: {e}")),
-        }
+    let mut shards = Vec::with_capacity(handles.len());
+    for (i, (ready, p)) in ready.into_iter().enumerate() {
+        posts += p;
+        shards.push(ShardGroup {
+            index: i as u32,
+            handles: handles[i].clone(),
+            set: Arc::new(ReplicaSet::new(
+                i as u32,
+                &shard_urls[i],
+                &ready,
+                cfg.hedge_max_ratio,
+                Some(metrics.clone()),
+            )),
+        });
     }
     let users = match load.await {
-        Ok(Ok(u)) => u,
+        Ok(Ok((u, report))) => {
+            report.log_skipped();
+            u
+        }
         Ok(Err(e)) => return fail(format!("loading users from {describe}: {e}")),
         Err(e) => return fail(format!("loading users: {e}")),
     };
@@ -93,9 +124,6 @@ async fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
-    metrics.init_labels(num_shards);
     let admin = Arc::new(admin::Admin {
         registry,
         serving: false.into(),
@@ -111,12 +139,44 @@ async fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
     };
+    for group in &shards {
+        tokio::spawn(shard_client::health_loop(
+            group.clone(),
+            num_shards,
+            Duration::from_millis(cfg.health_check_ms),
+        ));
+    }
+    let shed_metrics = metrics.clone();
+    let admission = shardrank_proto::admission::Admission::new(
+        cfg.max_in_flight,
+        &[
+            "/shardrank.v1.Coordinator/Rank",
+            "/shardrank.v1.Coordinator/Timeline",
+        ],
+        Arc::new(move |path: &str| {
+            let rpc = if path.ends_with("/Rank") {
+                "Rank"
+            } else {
+                "Timeline"
+            };
+            shed_metrics.requests_shed.get_or_create(&Rpc { rpc }).inc();
+            shed_metrics
+                .requests
+                .get_or_create(&RpcCode {
+                    rpc,
+                    code: "RESOURCE_EXHAUSTED",
+                })
+                .inc();
+        }),
+    );
     let ranker = Arc::new(Ranker {
         metrics,
         shards,
         users: Arc::new(RwLock::new(users)),
         heavy_candidates: cfg.heavy_candidates,
         max_candidates: cfg.max_candidates,
+        policy: cfg.call_policy(),
+        min_coverage: cfg.min_coverage,
     });
     let service = CoordinatorServer::new(CoordinatorService {
         ranker,
@@ -132,6 +192,7 @@ async fn main() -> ExitCode {
     let shutdown = serving::Shutdown::on_signal(health.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

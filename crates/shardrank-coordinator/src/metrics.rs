@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -31,6 +32,12 @@ pub struct Shard {
     pub shard: u32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabel {
+    pub shard: u32,
+    pub replica: u32,
+}
+
 type Hist = Family<Rpc, Histogram, fn() -> Histogram>;
 type ShardHist = Family<Shard, Histogram, fn() -> Histogram>;
 
@@ -48,6 +55,15 @@ pub struct CoordinatorMetrics {
     pub shard_call_seconds: ShardHist,
     pub missing_shards: Family<Shard, Counter>,
     pub second_rounds: Counter,
+    pub shard_calls_in_flight: Gauge,
+    pub shard_retries: Family<Shard, Counter>,
+    pub shard_hedges: Family<Shard, Counter>,
+    pub shard_hedges_won: Family<Shard, Counter>,
+    pub replica_ejections: Family<ReplicaLabel, Counter>,
+    pub replica_up: Family<ReplicaLabel, Gauge>,
+    pub truncated_answers: Family<Shard, Counter>,
+    pub requests_cancelled: Family<Rpc, Counter>,
+    pub requests_shed: Family<Rpc, Counter>,
 }
 
 impl CoordinatorMetrics {
@@ -62,6 +78,15 @@ impl CoordinatorMetrics {
             shard_call_seconds: Family::new_with_constructor(latency_buckets),
             missing_shards: Family::default(),
             second_rounds: Counter::default(),
+            shard_calls_in_flight: Gauge::default(),
+            shard_retries: Family::default(),
+            shard_hedges: Family::default(),
+            shard_hedges_won: Family::default(),
+            replica_ejections: Family::default(),
+            replica_up: Family::default(),
+            truncated_answers: Family::default(),
+            requests_cancelled: Family::default(),
+            requests_shed: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_coordinator");
         r.register(
@@ -106,6 +131,51 @@ impl CoordinatorMetrics {
             "Shard calls of the merge's second round",
             m.second_rounds.clone(),
         );
+        r.register(
+            "shard_calls_in_flight",
+            "Calls to shard replicas in flight",
+            m.shard_calls_in_flight.clone(),
+        );
+        r.register(
+            "shard_retries",
+            "Failed shard calls retried on another replica",
+            m.shard_retries.clone(),
+        );
+        r.register(
+            "shard_hedges",
+            "Hedged shard calls (a second copy sent to another replica)",
+            m.shard_hedges.clone(),
+        );
+        r.register(
+            "shard_hedges_won",
+            "Hedged shard calls whose second copy answered first",
+            m.shard_hedges_won.clone(),
+        );
+        r.register(
+            "replica_ejections",
+            "Times a replica was taken out of rotation (failed calls or health checks)",
+            m.replica_ejections.clone(),
+        );
+        r.register(
+            "replica_up",
+            "1 while a replica is in rotation, 0 while ejected",
+            m.replica_up.clone(),
+        );
+        r.register(
+            "truncated_answers",
+            "Shard answers cut short by the deadline before the heavy stage finished",
+            m.truncated_answers.clone(),
+        );
+        r.register(
+            "requests_cancelled",
+            "Requests the client cancelled (or whose connection closed) before the answer",
+            m.requests_cancelled.clone(),
+        );
+        r.register(
+            "requests_shed",
+            "Requests refused at once with RESOURCE_EXHAUSTED because the server was at its in-flight limit",
+            m.requests_shed.clone(),
+        );
         m
     }
 }
@@ -113,9 +183,12 @@ impl CoordinatorMetrics {
 impl CoordinatorMetrics {
     /// Creates the known series at zero (every shard, every outcome, the usual codes), so
     /// that dashboards and alerts see them before the first event, not as absent.
-    pub fn init_labels(&self, num_shards: u32) {
+    pub fn init_labels(&self, replicas: &[usize]) {
+        let num_shards = replicas.len() as u32;
         for rpc in ["Rank", "Timeline"] {
             let _ = self.request_seconds.get_or_create(&Rpc { rpc });
+            let _ = self.requests_cancelled.get_or_create(&Rpc { rpc });
+            let _ = self.requests_shed.get_or_create(&Rpc { rpc });
         }
         for code in [
             "OK",
@@ -134,6 +207,15 @@ impl CoordinatorMetrics {
             }
             let _ = self.shard_call_seconds.get_or_create(&Shard { shard });
             let _ = self.missing_shards.get_or_create(&Shard { shard });
+            let _ = self.shard_retries.get_or_create(&Shard { shard });
+            let _ = self.shard_hedges.get_or_create(&Shard { shard });
+            let _ = self.shard_hedges_won.get_or_create(&Shard { shard });
+            let _ = self.truncated_answers.get_or_create(&Shard { shard });
+            for replica in 0..replicas[shard as usize] as u32 {
+                let _ = self
+                    .replica_ejections
+                    .get_or_create(&ReplicaLabel { shard, replica });
+            }
         }
     }
 }

@@ -5,7 +5,8 @@ use crate::error::CoordinatorError;
 use crate::merge::{self, Candidate, ShardPart};
 use crate::metrics::{CoordinatorMetrics, Shard, ShardOutcome};
 use crate::placement;
-use crate::shard_client::ShardHandle;
+use crate::shard_call::{self, CallPolicy, Outcome};
+use crate::shard_client::ShardGroup;
 use crate::users::UserStore;
 use shardrank_core::routing;
 use shardrank_proto::trace::TraceContext;
@@ -29,10 +30,15 @@ const INLINE_ROUTING: usize = 4096;
 
 pub struct Ranker {
     pub metrics: Arc<CoordinatorMetrics>,
-    pub shards: Vec<ShardHandle>,
+    pub shards: Vec<ShardGroup>,
     pub users: Arc<RwLock<UserStore>>,
     pub heavy_candidates: usize,
     pub max_candidates: usize,
+    /// Replica choice, hedging and retries of shard calls.
+    pub policy: CallPolicy,
+    /// Fewer shards than this fraction of those called answering fails the request
+    /// (UNAVAILABLE) instead of returning a thin answer; 0 accepts any answer.
+    pub min_coverage: f64,
 }
 
 /// What a shard call may take of the time left: the rest minus room to merge and answer,
@@ -63,8 +69,9 @@ pub fn validate(req: &RankRequest, max_candidates: usize) -> Result<usize, Coord
     } as usize)
 }
 
-/// A shard's answer as merge input; a malformed answer is the shard's failure.
-fn to_part(index: u32, r: ShardRankResponse) -> Result<(ShardPart, u64), String> {
+/// A shard's answer as merge input, with its unknown-id count and whether it was
+/// truncated; a malformed answer is the shard's failure.
+fn to_part(index: u32, r: ShardRankResponse) -> Result<(ShardPart, u64, bool), String> {
     let n = r.ids.len();
     if r.author_ids.len() != n || r.light_scores.len() != n || r.heavy_scores.len() != n {
         return Err(format!(
@@ -87,33 +94,45 @@ fn to_part(index: u32, r: ShardRankResponse) -> Result<(ShardPart, u64), String>
             eligible: r.eligible as usize,
         },
         r.unknown as u64,
+        r.truncated,
     ))
 }
 
-/// One shard call as the request's stats report it.
-fn call_stats(
+/// One shard's part of a round: its answer and how it was obtained.
+struct Answer {
     shard: u32,
-    second_round: bool,
-    res: &Result<ShardRankResponse, String>,
+    out: Outcome<ShardRankResponse>,
     took: Duration,
-) -> ShardCallStats {
-    let mut st = ShardCallStats {
-        shard,
-        second_round,
-        latency_ms: took.as_secs_f64() * 1e3,
-        ..Default::default()
-    };
-    match res {
-        Ok(r) => {
-            st.light_ms = r.light_ms;
-            st.heavy_ms = r.heavy_ms;
-            st.server_ms = r.total_ms;
-            st.candidates = r.eligible;
-            st.heavy_scored = r.ids.len() as u32;
+}
+
+impl Answer {
+    /// The part as the request's stats report it.
+    fn stats(&self, second_round: bool) -> ShardCallStats {
+        let o = &self.out;
+        let mut st = ShardCallStats {
+            shard: self.shard,
+            second_round,
+            latency_ms: self.took.as_secs_f64() * 1e3,
+            replica: o.replica as u32,
+            attempts: o.attempts,
+            retried: o.retried,
+            hedged: o.hedged,
+            hedge_won: o.hedge_won,
+            ..Default::default()
+        };
+        match &o.result {
+            Ok(r) => {
+                st.light_ms = r.light_ms;
+                st.heavy_ms = r.heavy_ms;
+                st.server_ms = r.total_ms;
+                st.candidates = r.eligible;
+                st.heavy_scored = r.ids.len() as u32;
+                st.truncated = r.truncated;
+            }
+            Err(e) => st.error = e.message().to_string(),
         }
-        Err(e) => st.error = e.clone(),
+        st
     }
-    st
 }
 
 struct Call {
@@ -128,7 +147,9 @@ impl Ranker {
         self.shards.len() as u32
     }
 
-    /// Sends each call to its shard at once; answers come back in any order.
+    /// Sends each call to its shard at once (each to a replica chosen by
+    /// [`shard_call`]); answers come back in any order. Dropping the future (the client
+    /// cancelled) aborts every call still in flight.
     async fn scatter(
         &self,
         calls: Vec<Call>,
@@ -136,11 +157,11 @@ impl Ranker {
         now_ms: i64,
         deadline: Instant,
         trace: TraceContext,
-    ) -> Vec<(u32, Result<ShardRankResponse, tonic::Status>, Duration)> {
+    ) -> Vec<Answer> {
         let mut set = JoinSet::new();
         for c in calls {
-            let handle = self.shards[c.shard as usize].clone();
-            let req = ShardRankRequest {
+            let group = self.shards[c.shard as usize].clone();
+            let req = Arc::new(ShardRankRequest {
                 shard_index: c.shard,
                 num_shards: self.num_shards(),
                 user: Some(user.clone()),
@@ -148,9 +169,9 @@ impl Ranker {
                 now_ms,
                 heavy_skip: c.skip as u32,
                 heavy_count: c.count as u32,
-            };
-            let timeout = shard_budget(deadline.saturating_duration_since(Instant::now()));
+            });
             let metrics = self.metrics.clone();
+            let policy = self.policy.clone();
             // A child of the request's span: lines about this call carry its trace id.
             let span = tracing::info_span!(
                 "shard_call",
@@ -161,15 +182,15 @@ impl Ranker {
             set.spawn(tracing::Instrument::instrument(
                 async move {
                     let t0 = Instant::now();
-                    let res = handle.rank(req, timeout, trace.child()).await;
-                    let outcome = match &res {
+                    let send = |replica: usize, left: Duration| {
+                        let handle = group.handles[replica].clone();
+                        let req = ShardRankRequest::clone(&req);
+                        async move { handle.rank(req, shard_budget(left), trace.child()).await }
+                    };
+                    let out = shard_call::call(&group.set, deadline, &policy, send).await;
+                    let outcome = match &out.result {
                         Ok(_) => "ok",
-                        Err(s)
-                            if s.code() == tonic::Code::DeadlineExceeded
-                                || s.message().contains("Timeout expired") =>
-                        {
-                            "timeout"
-                        }
+                        Err(s) if s.code() == tonic::Code::DeadlineExceeded => "timeout",
                         Err(_) => "error",
                     };
                     metrics
@@ -179,11 +200,16 @@ impl Ranker {
                             outcome,
                         })
                         .inc();
+                    let took = t0.elapsed();
                     metrics
                         .shard_call_seconds
                         .get_or_create(&Shard { shard: c.shard })
-                        .observe(t0.elapsed().as_secs_f64());
-                    (c.shard, res, t0.elapsed())
+                        .observe(took.as_secs_f64());
+                    Answer {
+                        shard: c.shard,
+                        out,
+                        took,
+                    }
                 },
                 span,
             ));
@@ -254,14 +280,19 @@ impl Ranker {
         let mut missing: Vec<u32> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         let mut unknown = 0u64;
-        for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline, trace).await {
-            let res = res.map_err(|s| s.message().to_string());
+        let mut truncated: Vec<u32> = Vec::new();
+        for a in self.scatter(calls, &user, now_ms, deadline, trace).await {
             if include_stats {
-                stats.shard_calls.push(call_stats(shard, false, &res, took));
+                stats.shard_calls.push(a.stats(false));
             }
+            let shard = a.shard;
+            let res = a.out.result.map_err(|s| s.message().to_string());
             match res.and_then(|r| to_part(shard, r)) {
-                Ok((part, u)) => {
+                Ok((part, u, cut)) => {
                     unknown += u;
+                    if cut {
+                        truncated.push(shard);
+                    }
                     parts.push(part);
                 }
                 Err(e) => {
@@ -274,9 +305,19 @@ impl Ranker {
         if parts.is_empty() {
             return Err(CoordinatorError::Unavailable(errors.join("; ")));
         }
+        if (parts.len() as f64) < self.min_coverage * called as f64 {
+            return Err(CoordinatorError::Unavailable(format!(
+                "only {} of {called} shards answered, below the minimum coverage of {}: {}",
+                parts.len(),
+                self.min_coverage,
+                errors.join("; ")
+            )));
+        }
 
-        // Round two, only where a shard's first share may have been too small.
+        // Round two, only where a shard's first share may have been too small (and it
+        // had the time to score all of it: a truncated shard is out of time).
         let mut refetch = merge::shortfall(&parts, h);
+        refetch.retain(|r| !truncated.contains(&parts[r.part].shard));
         if !refetch.is_empty()
             && deadline.saturating_duration_since(Instant::now()) < MIN_SECOND_ROUND
         {
@@ -301,13 +342,17 @@ impl Ranker {
                 })
                 .collect();
             tracing::debug!(shards = refetch.len(), "second round");
-            for (shard, res, took) in self.scatter(calls, &user, now_ms, deadline, trace).await {
-                let res = res.map_err(|s| s.message().to_string());
+            for a in self.scatter(calls, &user, now_ms, deadline, trace).await {
                 if include_stats {
-                    stats.shard_calls.push(call_stats(shard, true, &res, took));
+                    stats.shard_calls.push(a.stats(true));
                 }
+                let shard = a.shard;
+                let res = a.out.result.map_err(|s| s.message().to_string());
                 match res.and_then(|r| to_part(shard, r)) {
-                    Ok((more, _)) => {
+                    Ok((more, _, cut)) => {
+                        if cut {
+                            truncated.push(shard);
+                        }
                         if let Some(p) = parts.iter_mut().find(|p| p.shard == shard) {
                             p.items.extend(more.items);
                         }
@@ -326,6 +371,14 @@ impl Ranker {
         stats.merge_ms = merge_started.elapsed().as_secs_f64() * 1e3;
         missing.sort_unstable();
         missing.dedup();
+        truncated.sort_unstable();
+        truncated.dedup();
+        for &shard in &truncated {
+            self.metrics
+                .truncated_answers
+                .get_or_create(&Shard { shard })
+                .inc();
+        }
         for &shard in &missing {
             self.metrics
                 .missing_shards
@@ -350,6 +403,7 @@ impl Ranker {
                 stats
             }),
             missing_shards: missing,
+            truncated_shards: truncated,
         })
     }
 }

@@ -17,32 +17,30 @@ pub struct CoordinatorService {
     pub default_timeout: Duration,
 }
 
-/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
+/// Counts a request whose future was dropped before it answered: the client cancelled
+/// or its connection went. Dropping the future is also what cancels the fan-out.
+struct CancelGuard<'a> {
+    metrics: &'a crate::metrics::CoordinatorMetrics,
+    rpc: &'static str,
+    done: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics
+                .requests_cancelled
+                .get_or_create(&Rpc { rpc: self.rpc })
+                .inc();
+            tracing::info!(rpc = self.rpc, "request cancelled by the client");
+        }
     }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 impl CoordinatorService {
     /// The request's budget: the client's grpc-timeout if it sent one, else the default.
     fn budget<T>(&self, req: &Request<T>) -> Duration {
-        req.metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .unwrap_or(self.default_timeout)
+        shardrank_proto::serving::request_timeout(req.metadata()).unwrap_or(self.default_timeout)
     }
 }
 
@@ -67,11 +65,17 @@ impl Coordinator for CoordinatorService {
         let m = &self.ranker.metrics;
         m.candidates.observe(n as f64);
         let started = std::time::Instant::now();
+        let mut guard = CancelGuard {
+            metrics: m,
+            rpc: "Rank",
+            done: false,
+        };
         let res = self
             .ranker
             .rank(req, deadline, trace)
             .instrument(span.clone())
             .await;
+        guard.done = true;
         let code = res
             .as_ref()
             .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
@@ -115,21 +119,5 @@ impl Coordinator for CoordinatorService {
             "Timeline is not implemented yet (the home-timeline pipeline comes in a later release); use Rank".into(),
         )
         .into())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("5000u"), Some(Duration::from_millis(5)));
-        assert_eq!(parse_grpc_timeout("m"), None);
-        assert_eq!(parse_grpc_timeout("12x"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
     }
 }

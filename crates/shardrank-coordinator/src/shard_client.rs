@@ -1,12 +1,24 @@
-//! Connections to the shards: one HTTP/2 channel per shard, connected lazily and
-//! reconnected by tonic when a shard restarts. At start-up every shard must answer
-//! `Info` with the partition layout the coordinator routes for.
+//! Connections to the shards: one HTTP/2 channel per replica, connected lazily and
+//! reconnected by tonic when a replica restarts. At start-up every shard index needs a
+//! replica that answers `Info` with the partition layout the coordinator routes for;
+//! afterwards [`health_loop`] checks every replica the same way and feeds the result to
+//! its [`ReplicaSet`] (ejection and return).
 
+use crate::replica::ReplicaSet;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_client::ShardClient;
 use shardrank_proto::v1::{ShardInfoRequest, ShardRankRequest, ShardRankResponse};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+
+/// The replicas of one shard index: their connections and their live state.
+#[derive(Clone)]
+pub struct ShardGroup {
+    pub index: u32,
+    pub handles: Vec<ShardHandle>,
+    pub set: Arc<ReplicaSet>,
+}
 
 #[derive(Clone)]
 pub struct ShardHandle {
@@ -48,46 +60,130 @@ impl ShardHandle {
                 .insert(shardrank_proto::trace::HEADER, v);
         }
         let mut client = self.client.clone();
+        let late = || {
+            tonic::Status::deadline_exceeded(format!(
+                "shard {} ({}) did not answer within {timeout:?}",
+                self.index, self.url
+            ))
+        };
         match tokio::time::timeout(timeout, client.rank(request)).await {
-            Ok(res) => res.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "shard {} did not answer within {timeout:?}",
-                self.index
-            ))),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            // tonic's own client timer reports CANCELLED "Timeout expired": the same event.
+            Ok(Err(s)) if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout") => {
+                Err(late())
+            }
+            Ok(Err(s)) => Err(tonic::Status::new(
+                s.code(),
+                format!("{} ({}): {}", self.index, self.url, s.message()),
+            )),
+            Err(_) => Err(late()),
         }
     }
 
-    /// Waits until the shard answers Info as loaded, then checks its layout.
+    /// One health check: the replica answers `Info` within `timeout`, is loaded, and has
+    /// the layout the coordinator routes for. Ok is its post count.
+    pub async fn check(&self, num_shards: u32, timeout: Duration) -> Result<u64, CheckError> {
+        let mut client = self.client.clone();
+        let mut req = tonic::Request::new(ShardInfoRequest {});
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.info(req)).await {
+            Err(_) => Err(CheckError::Down(format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => Err(CheckError::Down(e.message().to_string())),
+            Ok(Ok(r)) => {
+                let info = r.into_inner();
+                if info.shard_index != self.index || info.num_shards != num_shards {
+                    Err(CheckError::Layout(format!(
+                        "shard list mismatch: {} is listed as shard {} of {num_shards}, but it is shard {} of {} (check the order of --shards and the shard's --shard-index/--num-shards)",
+                        self.url, self.index, info.shard_index, info.num_shards
+                    )))
+                } else if !info.ready {
+                    Err(CheckError::Down("still loading its partition".into()))
+                } else {
+                    Ok(info.posts)
+                }
+            }
+        }
+    }
+}
+
+/// Why a replica failed a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckError {
+    /// Unreachable, slow or still loading: may pass later.
+    Down(String),
+    /// It serves another partition layout: a configuration error.
+    Layout(String),
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckError::Down(e) | CheckError::Layout(e) => f.write_str(e),
+        }
+    }
+}
+
+impl ShardGroup {
+    /// Start-up: waits until a replica of this shard is ready. A replica with another
+    /// layout fails at once. Returns each replica's state (ready or not) and the
+    /// partition's post count.
     pub async fn wait_ready(
         &self,
         num_shards: u32,
         deadline: tokio::time::Instant,
-    ) -> Result<u64, String> {
+    ) -> Result<(Vec<bool>, u64), String> {
         loop {
-            let mut client = self.client.clone();
-            let last_err = match client.info(ShardInfoRequest {}).await {
-                Ok(resp) => {
-                    let info = resp.into_inner();
-                    if info.shard_index != self.index || info.num_shards != num_shards {
-                        return Err(format!(
-                            "shard list mismatch: {} is listed as shard {} of {num_shards}, but it is shard {} of {} (check the order of --shards and the shard's --shard-index/--num-shards)",
-                            self.url, self.index, info.shard_index, info.num_shards
-                        ));
-                    }
-                    if info.ready {
-                        return Ok(info.posts);
-                    }
-                    "still loading its partition".to_string()
+            let results = futures_util::future::join_all(
+                self.handles
+                    .iter()
+                    .map(|h| h.check(num_shards, Duration::from_secs(1))),
+            )
+            .await;
+            let mut posts = None;
+            let mut errors = Vec::new();
+            for (h, r) in self.handles.iter().zip(&results) {
+                match r {
+                    Ok(p) => posts = Some(*p),
+                    Err(CheckError::Layout(e)) => return Err(e.clone()),
+                    Err(CheckError::Down(e)) => errors.push(format!("{}: {e}", h.url)),
                 }
-                Err(e) => e.message().to_string(),
-            };
+            }
+            if let Some(posts) = posts {
+                return Ok((results.iter().map(Result::is_ok).collect(), posts));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "shard {} at {} was not ready in time: {last_err}",
-                    self.index, self.url
+                    "shard {}: no replica was ready in time ({})",
+                    self.index,
+                    errors.join("; ")
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Checks every replica of `group` every `interval`, for ever: a failed check ejects a
+/// replica, a passing one (after its back-off) brings it back.
+pub async fn health_loop(group: ShardGroup, num_shards: u32, interval: Duration) {
+    let timeout = (interval / 2).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Vec<Option<CheckError>> = vec![None; group.handles.len()];
+    loop {
+        tick.tick().await;
+        let checks = group.handles.iter().map(|h| h.check(num_shards, timeout));
+        let results = futures_util::future::join_all(checks).await;
+        for (i, res) in results.into_iter().enumerate() {
+            group.set.health(i, res.is_ok());
+            // Log a failing replica once per distinct reason, not every interval.
+            let err = res.err();
+            if err.is_some() && err != last_error[i] {
+                if let Some(e) = &err {
+                    tracing::warn!(shard = group.index, replica = i, url = %group.handles[i].url, error = %e, "replica health check failed");
+                }
+            }
+            last_error[i] = err;
         }
     }
 }

@@ -280,28 +280,84 @@ pub fn parse_line(text: &str, line_no: u64) -> Result<Parsed, EventError> {
     Ok(ev)
 }
 
+/// What a reader does with a malformed line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMalformed {
+    /// Stop at the first one, naming its line (`--strict`).
+    Stop,
+    /// Skip it and count it; every other line is still applied.
+    Skip,
+}
+
+/// What a read of a stream found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Events applied.
+    pub events: u64,
+    /// Malformed lines skipped.
+    pub malformed: u64,
+    /// The first [`ReadReport::KEPT`] skipped lines' errors (each names its line).
+    pub skipped: Vec<String>,
+}
+
+impl ReadReport {
+    pub const KEPT: usize = 100;
+
+    /// Logs the skipped lines (the kept ones, each with its number), then the total.
+    pub fn log_skipped(&self) {
+        for line in &self.skipped {
+            tracing::warn!("skipped a malformed events line: {line}");
+        }
+        if self.malformed > 0 {
+            tracing::warn!(
+                malformed = self.malformed,
+                applied = self.events,
+                "events read with malformed lines skipped (--strict stops at the first instead)"
+            );
+        }
+    }
+}
+
 /// Reads every event of a JSON-lines stream, in order, calling `apply` for each.
-/// Blank lines are skipped. Stops at the first malformed line with its number.
+/// Blank lines are ignored. A malformed line (bad JSON, a missing or wrong field, not
+/// UTF-8) stops the read with its number, or with [`OnMalformed::Skip`] is counted and
+/// skipped. An unsupported schema version always stops it: the whole stream is of a
+/// format this build does not read.
 pub fn read_events<R: BufRead>(
     mut reader: R,
+    on_malformed: OnMalformed,
     mut apply: impl FnMut(Event),
-) -> Result<u64, EventError> {
-    let mut line = String::new();
+) -> Result<ReadReport, EventError> {
+    let mut buf = Vec::new();
     let mut line_no = 0u64;
-    let mut count = 0u64;
+    let mut report = ReadReport::default();
     loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(count);
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(report);
         }
         line_no += 1;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        if let Parsed::Event(e) = parse_line(text, line_no)? {
-            apply(e);
-            count += 1;
+        let parsed = match std::str::from_utf8(&buf) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => parse_line(text.trim(), line_no),
+            Err(e) => Err(EventError::Malformed {
+                line: line_no,
+                msg: format!("not UTF-8 text ({e})"),
+            }),
+        };
+        match parsed {
+            Ok(Parsed::Event(e)) => {
+                apply(e);
+                report.events += 1;
+            }
+            Ok(_) => {}
+            Err(e @ EventError::Malformed { .. }) if on_malformed == OnMalformed::Skip => {
+                report.malformed += 1;
+                if report.skipped.len() < ReadReport::KEPT {
+                    report.skipped.push(e.to_string());
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -437,15 +493,47 @@ mod tests {
         }
         let bytes = w.finish().unwrap();
         let mut back = Vec::new();
-        let n = read_events(&bytes[..], |e| back.push(e)).unwrap();
-        assert_eq!(n, 4);
+        let n = read_events(&bytes[..], OnMalformed::Stop, |e| back.push(e)).unwrap();
+        assert_eq!(n.events, 4);
+        assert_eq!(n.malformed, 0);
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_and_counted_and_nothing_else_is_lost() {
+        let mut w = EventWriter::new(Vec::new(), "test", 1).unwrap();
+        for e in sample() {
+            w.write(&e).unwrap();
+        }
+        let good = String::from_utf8(w.finish().unwrap()).unwrap();
+        let mut lines: Vec<&str> = good.lines().collect();
+        lines.insert(2, "{\"type\":\"like\",\"user_id\":1}");
+        lines.insert(4, "garbage");
+        let mut text = lines.join("\n").into_bytes();
+        text.extend_from_slice(b"\n\xff\xfe not utf-8\n");
+        let mut back = Vec::new();
+        let r = read_events(&text[..], OnMalformed::Skip, |e| back.push(e)).unwrap();
+        assert_eq!(back, sample(), "every good event, in order");
+        assert_eq!(r.events, 4);
+        assert_eq!(r.malformed, 3);
+        assert!(r.skipped[0].starts_with("line 3:"), "{:?}", r.skipped);
+        assert!(r.skipped[1].starts_with("line 5:"), "{:?}", r.skipped);
+        assert!(r.skipped[2].contains("UTF-8"), "{:?}", r.skipped);
+        // Strict: the first bad line stops the read, named.
+        let err = read_events(&text[..], OnMalformed::Stop, |_| {}).unwrap_err();
+        assert!(err.to_string().starts_with("line 3:"), "{err}");
+        // A schema this build does not read stops even a lenient read.
+        let v9 = "{\"type\":\"schema\",\"version\":9}\n";
+        assert!(matches!(
+            read_events(v9.as_bytes(), OnMalformed::Skip, |_| {}),
+            Err(EventError::Version { .. })
+        ));
     }
 
     #[test]
     fn errors_name_the_line_and_field() {
         let text = "{\"type\":\"like\",\"user_id\":1,\"tweet_id\":2,\"timestamp\":3}\n\n{\"type\":\"like\",\"user_id\":1,\"timestamp\":3}\n";
-        let err = read_events(text.as_bytes(), |_| {})
+        let err = read_events(text.as_bytes(), OnMalformed::Stop, |_| {})
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3") && err.contains("tweet_id"), "{err}");

@@ -3,7 +3,7 @@
 //! same stream.
 
 use crate::corpus::{generate, CorpusSpec, DEFAULT_SEED};
-use crate::events::{read_events, Event, EventError};
+use crate::events::{read_events, Event, EventError, OnMalformed, ReadReport};
 use std::path::PathBuf;
 
 /// The data flags shared by `shardrank-shard` and `shardrank-coordinator`.
@@ -20,12 +20,17 @@ pub struct DataArgs {
     /// a corpus.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Stop start-up at the first malformed line of --events, naming it. Without it, a
+    /// malformed line is logged with its number, counted and skipped, and every other
+    /// line is still applied.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Clone, Debug)]
 pub enum Source {
     Corpus(CorpusSpec),
-    File(PathBuf),
+    File { path: PathBuf, strict: bool },
 }
 
 impl DataArgs {
@@ -35,7 +40,10 @@ impl DataArgs {
             Some(path) => {
                 std::fs::File::open(path)
                     .map_err(|e| format!("--events {}: {e}", path.display()))?;
-                Ok(Source::File(path.clone()))
+                Ok(Source::File {
+                    path: path.clone(),
+                    strict: self.strict,
+                })
             }
             None => CorpusSpec::named(&self.corpus, self.corpus_seed)
                 .map(Source::Corpus)
@@ -51,8 +59,8 @@ impl DataArgs {
 }
 
 impl Source {
-    /// Feeds every event to `apply`, in stream order; returns the count.
-    pub fn for_each(&self, mut apply: impl FnMut(Event)) -> Result<u64, EventError> {
+    /// Feeds every event to `apply`, in stream order; reports what was read and skipped.
+    pub fn for_each(&self, mut apply: impl FnMut(Event)) -> Result<ReadReport, EventError> {
         match self {
             Source::Corpus(spec) => {
                 let mut n = 0u64;
@@ -60,18 +68,25 @@ impl Source {
                     n += 1;
                     apply(e)
                 });
-                Ok(n)
+                Ok(ReadReport {
+                    events: n,
+                    ..Default::default()
+                })
             }
-            Source::File(path) => {
+            Source::File { path, strict } => {
                 let f = std::fs::File::open(path)?;
-                read_events(std::io::BufReader::with_capacity(1 << 20, f), apply).map_err(|e| {
-                    match e {
-                        EventError::Malformed { line, msg } => EventError::Malformed {
-                            line,
-                            msg: format!("{}: {msg}", path.display()),
-                        },
-                        other => other,
-                    }
+                let mode = if *strict {
+                    OnMalformed::Stop
+                } else {
+                    OnMalformed::Skip
+                };
+                let reader = std::io::BufReader::with_capacity(1 << 20, f);
+                read_events(reader, mode, apply).map_err(|e| match e {
+                    EventError::Malformed { line, msg } => EventError::Malformed {
+                        line,
+                        msg: format!("{}: {msg}", path.display()),
+                    },
+                    other => other,
                 })
             }
         }
@@ -81,14 +96,14 @@ impl Source {
     pub fn expected_tweets(&self) -> Option<u64> {
         match self {
             Source::Corpus(spec) => Some(spec.tweets),
-            Source::File(_) => None,
+            Source::File { .. } => None,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Source::Corpus(spec) => format!("corpus {} (seed {})", spec.name, spec.seed),
-            Source::File(path) => format!("events file {}", path.display()),
+            Source::File { path, .. } => format!("events file {}", path.display()),
         }
     }
 }

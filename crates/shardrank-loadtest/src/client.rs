@@ -2,7 +2,8 @@
 //!
 //! A tonic codec whose request type is the already-encoded bytes, and whose response
 //! type reads only `missing_shards` (field 2 of both RankResponse and
-//! TimelineResponse): the client spends its CPU on the wire, not on protobuf.
+//! TimelineResponse) and `truncated_shards` (field 6 of RankResponse): the client spends
+//! its CPU on the wire, not on protobuf.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -16,6 +17,15 @@ use tonic::Status;
 pub struct Outcome {
     #[prost(uint32, repeated, tag = "2")]
     pub missing_shards: Vec<u32>,
+    #[prost(uint32, repeated, tag = "6")]
+    pub truncated_shards: Vec<u32>,
+}
+
+impl Outcome {
+    /// A partial answer: a shard missing, or cut short by the deadline.
+    pub fn partial(&self) -> bool {
+        !self.missing_shards.is_empty() || !self.truncated_shards.is_empty()
+    }
 }
 
 #[derive(Default, Clone)]

@@ -81,7 +81,7 @@ pub async fn closed(t: Arc<Target>, concurrency: u32, w: Window, p: Arc<Progress
                 let done = Instant::now();
                 note(&p, res.is_ok());
                 if done >= w.from() && done <= w.end() {
-                    stats.record(done - sent, res.map(|o| !o.missing_shards.is_empty()));
+                    stats.record(done - sent, res.map(|o| o.partial()));
                 }
             }
             stats
@@ -130,11 +130,7 @@ pub async fn open(
             set.spawn(async move {
                 let res = call(&ch, t2.path, body, t2.timeout).await;
                 note(&p, res.is_ok());
-                (
-                    scheduled,
-                    Instant::now(),
-                    res.map(|o| !o.missing_shards.is_empty()),
-                )
+                (scheduled, Instant::now(), res.map(|o| o.partial()))
             });
         }
         i = i.saturating_add(1);

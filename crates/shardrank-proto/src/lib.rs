@@ -4,12 +4,15 @@
 //!   service and the internal `Shard` service.
 //! - [`serving`]: health, reflection, logging and graceful shutdown, identical for every
 //!   binary so that probes and operators see one behaviour.
+//! - [`admission`]: load shedding (an in-flight limit answered RESOURCE_EXHAUSTED).
+//! - [`admin`]: the admin HTTP port (/metrics, /healthz); [`trace`]: W3C traceparent.
 
 pub mod v1 {
     tonic::include_proto!("shardrank.v1");
 }
 
 pub mod admin;
+pub mod admission;
 pub mod serving;
 pub mod trace;
 

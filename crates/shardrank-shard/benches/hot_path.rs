@@ -161,6 +161,7 @@ fn bench_shard_rank(b: Bencher, n: usize, count: usize) {
                 now_ms: CORPUS_END_MS,
                 skip: 0,
                 count,
+                deadline: None,
             },
         )
     });

@@ -32,6 +32,11 @@ pub struct ShardConfig {
     /// Largest gRPC message accepted, in bytes (a request of N ids is about 8N bytes).
     #[arg(long, default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// Most Rank requests processed at once; beyond it a request is refused at once with
+    /// RESOURCE_EXHAUSTED (the coordinator then tries another replica) instead of
+    /// queueing into a timeout.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_in_flight: usize,
     /// On SIGTERM, how long in-flight requests may take before open connections are
     /// closed and the process exits.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
@@ -49,6 +54,9 @@ pub struct ShardConfig {
 impl ShardConfig {
     /// Checks what clap cannot: relations between flags.
     pub fn validate(&self) -> Result<(), String> {
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
+        }
         if self.num_shards == 0 {
             return Err("--num-shards must be at least 1".into());
         }

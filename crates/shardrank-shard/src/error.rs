@@ -17,6 +17,8 @@ pub enum ShardError {
     InvalidArgument(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the request's deadline passed before ranking started ({0})")]
+    DeadlineExceeded(String),
 }
 
 impl ShardError {
@@ -26,6 +28,7 @@ impl ShardError {
             ShardError::Layout { .. } => Code::FailedPrecondition,
             ShardError::InvalidArgument(_) => Code::InvalidArgument,
             ShardError::Internal(_) => Code::Internal,
+            ShardError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         }
     }
 }

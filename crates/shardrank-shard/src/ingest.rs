@@ -2,17 +2,18 @@
 //! generator) feed the same `PostStore::apply`.
 
 use crate::store::{PostStore, APPLY_BATCH};
-use shardrank_core::events::EventError;
+use shardrank_core::events::{EventError, ReadReport};
 use shardrank_core::model::LightModel;
 use shardrank_core::source::Source;
 
-/// Loads a new store for partition `index` of `num_shards` from `source`.
+/// Loads a new store for partition `index` of `num_shards` from `source`, with the
+/// report of what was read (and which malformed lines were skipped).
 pub fn load(
     source: &Source,
     index: u32,
     num_shards: u32,
     light: LightModel,
-) -> Result<PostStore, EventError> {
+) -> Result<(PostStore, ReadReport), EventError> {
     let mut store = PostStore::new(index, num_shards, light);
     store.begin_load();
     if let Some(tweets) = source.expected_tweets() {
@@ -23,7 +24,7 @@ pub fn load(
     }
     // Applied in batches (routing in MD5 lanes, index slots prefetched), in order.
     let mut batch = Vec::with_capacity(APPLY_BATCH);
-    source.for_each(|e| {
+    let report = source.for_each(|e| {
         batch.push(e);
         if batch.len() == APPLY_BATCH {
             store.apply_batch(&batch);
@@ -32,5 +33,5 @@ pub fn load(
     })?;
     store.apply_batch(&batch);
     store.finish_load();
-    Ok(store)
+    Ok((store, report))
 }

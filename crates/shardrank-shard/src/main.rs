@@ -94,8 +94,11 @@ async fn main() -> ExitCode {
             let res =
                 tokio::task::spawn_blocking(move || ingest::load(&source, index, n, light)).await;
             match res {
-                Ok(Ok(store)) => {
+                Ok(Ok((store, report))) => {
+                    report.log_skipped();
+                    state.metrics.events_malformed.inc_by(report.malformed);
                     tracing::info!(
+                        malformed_lines = report.malformed,
                         posts = store.len(),
                         authors = store.authors.len(),
                         events = store.stats.events,
@@ -129,11 +132,26 @@ async fn main() -> ExitCode {
     };
 
     let shutdown = serving::Shutdown::on_signal(health.clone());
+    let shed_state = state.clone();
+    let admission = shardrank_proto::admission::Admission::new(
+        cfg.max_in_flight,
+        &["/shardrank.v1.Shard/Rank"],
+        Arc::new(move |_: &str| {
+            let m = &shed_state.metrics;
+            m.requests_shed.inc();
+            m.requests
+                .get_or_create(&shardrank_shard::metrics::Code {
+                    code: "RESOURCE_EXHAUSTED",
+                })
+                .inc();
+        }),
+    );
     let service = ShardServer::new(ShardService { state })
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -25,6 +25,9 @@ pub struct ShardMetrics {
     pub stage_seconds: Family<Stage, Histogram, fn() -> Histogram>,
     pub posts: Gauge,
     pub post_bytes: Gauge,
+    pub requests_shed: Counter,
+    pub truncated: Counter,
+    pub events_malformed: Counter,
 }
 
 impl ShardMetrics {
@@ -37,6 +40,9 @@ impl ShardMetrics {
             }),
             posts: Gauge::default(),
             post_bytes: Gauge::default(),
+            requests_shed: Counter::default(),
+            truncated: Counter::default(),
+            events_malformed: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -66,6 +72,21 @@ impl ShardMetrics {
             Unit::Bytes,
             m.post_bytes.clone(),
         );
+        r.register(
+            "requests_shed",
+            "Rank requests refused at once with RESOURCE_EXHAUSTED (at --max-in-flight)",
+            m.requests_shed.clone(),
+        );
+        r.register(
+            "truncated_answers",
+            "Answers whose heavy stage the request's deadline cut short",
+            m.truncated.clone(),
+        );
+        r.register(
+            "events_malformed",
+            "Malformed event lines skipped (logged with their line numbers)",
+            m.events_malformed.clone(),
+        );
         m
     }
 }
@@ -78,6 +99,8 @@ impl ShardMetrics {
             "UNAVAILABLE",
             "FAILED_PRECONDITION",
             "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "RESOURCE_EXHAUSTED",
         ] {
             let _ = self.requests.get_or_create(&Code { code });
         }

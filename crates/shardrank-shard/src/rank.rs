@@ -54,6 +54,9 @@ pub struct RankParams<'a> {
     pub now_ms: i64,
     pub skip: usize,
     pub count: usize,
+    /// When the caller stops waiting: the heavy stage stops there and returns what it
+    /// scored (a prefix of the slice), flagged `truncated`.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,7 +84,12 @@ pub struct RankOutput {
     pub excluded: usize,
     pub light_ms: f64,
     pub heavy_ms: f64,
+    /// The deadline came before the whole slice was heavy-scored.
+    pub truncated: bool,
 }
+
+/// Candidates heavy-scored between two looks at the clock (about 0.1 ms of work).
+const HEAVY_BATCH: usize = 128;
 
 struct ChunkResult {
     top: Vec<Scored>,
@@ -216,14 +224,28 @@ pub fn rank(
     let t1 = Instant::now();
     out.light_ms = (t1 - t0).as_secs_f64() * 1e3;
 
-    // Heavy stage: one batch over the slice.
+    // Heavy stage, in batches, looking at the deadline before each: past it, the
+    // answer is the prefix scored so far (the caller still gets the best of it in time).
     let mut xs = vec![[0.0f32; NUM_FEATURES]; slice.len()];
-    for (x, s) in xs.iter_mut().zip(slice) {
-        features(store, user, s.row, p.now_ms, x);
-    }
     let mut scores = vec![0.0f32; slice.len()];
-    heavy.score_batch(&xs, &mut scores, &mut Scratch::default());
-    out.items = slice.iter().copied().zip(scores).collect();
+    let mut scratch = Scratch::default();
+    let mut done = 0;
+    for (xb, (sb, cb)) in xs.chunks_mut(HEAVY_BATCH).zip(
+        scores
+            .chunks_mut(HEAVY_BATCH)
+            .zip(slice.chunks(HEAVY_BATCH)),
+    ) {
+        if p.deadline.is_some_and(|d| Instant::now() >= d) {
+            out.truncated = true;
+            break;
+        }
+        for (x, s) in xb.iter_mut().zip(cb) {
+            features(store, user, s.row, p.now_ms, x);
+        }
+        heavy.score_batch(xb, sb, &mut scratch);
+        done += cb.len();
+    }
+    out.items = slice[..done].iter().copied().zip(scores).collect();
     out.heavy_ms = t1.elapsed().as_secs_f64() * 1e3;
     out
 }
@@ -263,8 +285,39 @@ mod tests {
                 now_ms: CORPUS_END_MS,
                 skip,
                 count,
+                deadline: None,
             },
         )
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_the_heavy_stage_with_a_flag() {
+        let s = store(0, 1);
+        let ids: Vec<u64> = s.ids.iter().copied().take(500).collect();
+        let u = cold(&s);
+        let full = ranked(&s, &u, &ids, 0, 300);
+        assert!(!full.truncated);
+        assert_eq!(full.items.len(), 300);
+        let params = |deadline| RankParams {
+            ids: &ids,
+            now_ms: CORPUS_END_MS,
+            skip: 0,
+            count: 300,
+            deadline,
+        };
+        let heavy = &Models::builtin().heavy;
+        let late = rank(&s, heavy, &u, &params(Some(Instant::now())));
+        assert!(late.truncated);
+        assert!(late.items.is_empty());
+        assert_eq!(late.eligible, full.eligible, "the light stage still ran");
+        let ample = rank(
+            &s,
+            heavy,
+            &u,
+            &params(Some(Instant::now() + std::time::Duration::from_secs(60))),
+        );
+        assert_eq!(ample.items, full.items, "batches score as one pass does");
+        assert!(!ample.truncated);
     }
 
     #[test]

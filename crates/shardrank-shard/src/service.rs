@@ -82,9 +82,11 @@ impl Shard for ShardService {
         request: Request<ShardRankRequest>,
     ) -> Result<Response<ShardRankResponse>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
+        let deadline = shardrank_proto::serving::request_timeout(request.metadata())
+            .map(|t| (Instant::now() + t, t));
         let span = tracing::info_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
         let res = self
-            .rank_inner(request.into_inner())
+            .rank_inner(request.into_inner(), deadline)
             .instrument(span.clone())
             .await;
         span.in_scope(|| match &res {
@@ -132,7 +134,11 @@ impl Shard for ShardService {
 }
 
 impl ShardService {
-    async fn rank_inner(&self, mut req: ShardRankRequest) -> Result<ShardRankResponse, ShardError> {
+    async fn rank_inner(
+        &self,
+        mut req: ShardRankRequest,
+        deadline: Option<(Instant, std::time::Duration)>,
+    ) -> Result<ShardRankResponse, ShardError> {
         let t0 = Instant::now();
         self.check_layout(req.shard_index, req.num_shards)?;
         if self.state.store.get().is_none() {
@@ -140,8 +146,17 @@ impl ShardService {
                 index: self.state.index,
             });
         }
+        // Waited too long for a thread (the caller has given up): no work for nobody.
+        if let Some((at, budget)) = deadline {
+            if Instant::now() >= at {
+                return Err(ShardError::DeadlineExceeded(format!(
+                    "budget {budget:?}, spent before the handler ran"
+                )));
+            }
+        }
         let candidates = req.candidate_ids.len();
         let ctx = req.user.take().unwrap_or_default();
+        let req_count = req.heavy_count;
         let view = user_view(&ctx)?;
         let state = self.state.clone();
         let work = move || {
@@ -157,6 +172,7 @@ impl ShardService {
                 now_ms: req.now_ms,
                 skip: req.heavy_skip as usize,
                 count: req.heavy_count as usize,
+                deadline: deadline.map(|(at, _)| at),
             };
             let out = rank(&store, &state.models.heavy, &user, &params);
             let authors: Vec<u64> = out
@@ -178,6 +194,14 @@ impl ShardService {
         };
         let (out, author_ids) = out;
         let m = &self.state.metrics;
+        if out.truncated {
+            m.truncated.inc();
+            tracing::info!(
+                scored = out.items.len(),
+                asked = req_count,
+                "deadline reached in the heavy stage: answering with what was scored"
+            );
+        }
         m.candidates
             .get_or_create(&Stage { stage: "light" })
             .inc_by(out.eligible as u64);
@@ -201,6 +225,7 @@ impl ShardService {
             light_ms: out.light_ms,
             heavy_ms: out.heavy_ms,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            truncated: out.truncated,
         })
     }
 }
