@@ -1,5 +1,5 @@
 # shardrank: the two commands of the README, and the pieces they are made of.
-.PHONY: all build release demo test bench bench-scaling microbench fmt lint clean
+.PHONY: all build release demo test bench bench-scaling chaos microbench fmt lint clean
 
 CARGO ?= cargo
 
@@ -27,6 +27,12 @@ bench: release
 # Latency against candidates per request and against shards on one machine.
 bench-scaling: release
 	bench/scaling.sh
+
+# Fault scenarios under load (kill a shard or a replica, stall a replica, 10x overload)
+# on the standard corpus, printed per phase; the same scenarios are asserted by
+# tests/tests/chaos.rs on the tiny corpus. CHAOS_ARGS=--quick runs the test sizes.
+chaos: release
+	SHARDRANK_BIN_DIR=target/release $(CARGO) run --release -q -p shardrank-tests --bin chaos -- $(CHAOS_ARGS)
 
 # Per-candidate costs of the hot path (divan).
 microbench:
