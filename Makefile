@@ -1,5 +1,5 @@
 # shardrank: the two commands of the README, and the pieces they are made of.
-.PHONY: all build release demo test bench bench-scaling chaos microbench fmt lint clean
+.PHONY: all build release demo test bench bench-scaling chaos microbench k8s-validate fmt lint clean
 
 CARGO ?= cargo
 
@@ -33,6 +33,11 @@ bench-scaling: release
 # tests/tests/chaos.rs on the tiny corpus. CHAOS_ARGS=--quick runs the test sizes.
 chaos: release
 	SHARDRANK_BIN_DIR=target/release $(CARGO) run --release -q -p shardrank-tests --bin chaos -- $(CHAOS_ARGS)
+
+# Render every Kubernetes overlay and validate it against the pinned schemas (needs
+# kubectl and `pip install kubernetes-validate`; .ci/run installs the latter).
+k8s-validate:
+	deploy/k8s/validate.sh
 
 # Per-candidate costs of the hot path (divan).
 microbench:

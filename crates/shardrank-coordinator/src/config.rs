@@ -24,6 +24,23 @@ pub struct CoordinatorConfig {
         value_name = "URL[|URL...],..."
     )]
     pub shards: String,
+    /// Instead of --shards: the URL of replica {replica} of shard {shard}, expanded for
+    /// every shard in 0..--num-shards and replica in 0..--replicas. Kubernetes manifests
+    /// use it with the stable names of StatefulSet pods:
+    /// `http://shardrank-shard-r{replica}-{shard}.shardrank-shard:7001`.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "shards",
+        requires = "num_shards"
+    )]
+    pub shard_template: Option<String>,
+    /// With --shard-template: the shard count.
+    #[arg(long, value_name = "N", requires = "shard_template")]
+    pub num_shards: Option<u32>,
+    /// With --shard-template: replicas per shard.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub replicas: u32,
     /// Admin HTTP address for GET /metrics and GET /healthz; `none` turns it off.
     /// Default: the --listen host, port + 1000.
     #[arg(long, value_name = "ADDR")]
@@ -125,6 +142,36 @@ pub fn parse_shards(spec: &str) -> Result<Vec<Vec<String>>, String> {
     Ok(shards)
 }
 
+/// `--shard-template` as a `--shards` list: commas between shards, `|` between replicas.
+pub fn expand_template(template: &str, num_shards: u32, replicas: u32) -> Result<String, String> {
+    if !template.contains("{shard}") {
+        return Err(format!(
+            "--shard-template {template:?} must contain {{shard}}"
+        ));
+    }
+    if replicas > 1 && !template.contains("{replica}") {
+        return Err(format!(
+            "--shard-template {template:?} must contain {{replica}} with --replicas {replicas}"
+        ));
+    }
+    if num_shards == 0 || replicas == 0 {
+        return Err("--num-shards and --replicas must be at least 1".into());
+    }
+    Ok((0..num_shards)
+        .map(|s| {
+            (0..replicas)
+                .map(|r| {
+                    template
+                        .replace("{shard}", &s.to_string())
+                        .replace("{replica}", &r.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
 impl CoordinatorConfig {
     /// How shard calls are made, from the flags.
     pub fn call_policy(&self) -> crate::shard_call::CallPolicy {
@@ -172,13 +219,40 @@ impl CoordinatorConfig {
         if self.health_check_ms < 10 {
             return Err("--health-check-ms must be at least 10".into());
         }
-        parse_shards(&self.shards)
+        match &self.shard_template {
+            Some(t) => parse_shards(&expand_template(
+                t,
+                self.num_shards.unwrap_or(0),
+                self.replicas,
+            )?),
+            None => parse_shards(&self.shards),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_expand_to_shard_lists() {
+        let t = "http://s-r{replica}-{shard}.svc:7001";
+        assert_eq!(
+            expand_template(t, 2, 2).unwrap(),
+            "http://s-r0-0.svc:7001|http://s-r1-0.svc:7001,http://s-r0-1.svc:7001|http://s-r1-1.svc:7001"
+        );
+        assert_eq!(
+            expand_template("http://s-{shard}:1", 3, 1).unwrap(),
+            "http://s-0:1,http://s-1:1,http://s-2:1"
+        );
+        assert!(expand_template("http://s:1", 3, 1)
+            .unwrap_err()
+            .contains("{shard}"));
+        assert!(expand_template("http://s-{shard}:1", 3, 2)
+            .unwrap_err()
+            .contains("{replica}"));
+        assert!(expand_template(t, 0, 1).is_err());
+    }
 
     #[test]
     fn shard_lists() {
