@@ -87,6 +87,7 @@ pub fn reference_answer(
             skip: 0,
             count: h.max(k),
             deadline: None,
+            light_only: false,
         },
     );
     let mut v: Vec<(u64, f32, f32)> = out

@@ -163,21 +163,34 @@ async fn blocked_and_muted_authors_are_never_returned() {
 }
 
 #[tokio::test]
-async fn unknown_user_is_a_cold_start_and_timeline_is_unimplemented() {
+async fn unknown_user_is_a_cold_start_for_rank_and_not_found_for_timeline() {
     let c = Cluster::start(2, TINY).await;
     let facts = Facts::of("tiny", 42);
     let r = rank(&c, 424242, facts.tweets[..300].to_vec(), 50)
         .await
         .unwrap();
     assert_eq!(r.candidates.len(), 50);
-    let err = c
+    let t = c
         .client()
         .await
         .timeline(TimelineRequest {
             user_id: facts.users[0],
             limit: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.entries.len(), 20);
+    let err = c
+        .client()
+        .await
+        .timeline(TimelineRequest {
+            user_id: 424242,
+            limit: 20,
+            ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::NotFound);
 }

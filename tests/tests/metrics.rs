@@ -42,7 +42,8 @@ async fn counters_move_by_the_right_amounts() {
     assert!(client
         .timeline(TimelineRequest {
             user_id: 1,
-            limit: 5
+            limit: 5,
+            ..Default::default()
         })
         .await
         .is_err());
@@ -59,7 +60,7 @@ async fn counters_move_by_the_right_amounts() {
         1.0
     );
     assert_eq!(
-        get(r#"shardrank_coordinator_requests_total{rpc="Timeline",code="UNIMPLEMENTED"}"#),
+        get(r#"shardrank_coordinator_requests_total{rpc="Timeline",code="NOT_FOUND"}"#),
         1.0
     );
     assert_eq!(

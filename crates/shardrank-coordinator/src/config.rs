@@ -91,6 +91,10 @@ pub struct CoordinatorConfig {
     /// How long to wait at start-up for every shard to answer and be loaded.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub shard_wait_secs: u64,
+    /// The timeline pipeline's config (TOML: steps of named components and their
+    /// settings; see deploy/pipelines/timeline.toml). Default: the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline_config: Option<PathBuf>,
     /// Model directory: accepted for symmetry with the shards, which do the scoring;
     /// checked at start-up so a bad file fails here too.
     #[arg(long, value_name = "DIR")]

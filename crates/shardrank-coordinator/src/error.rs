@@ -11,6 +11,8 @@ pub enum CoordinatorError {
     Unavailable(String),
     #[error("{0}")]
     Unimplemented(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -21,6 +23,7 @@ impl CoordinatorError {
             CoordinatorError::InvalidArgument(_) => Code::InvalidArgument,
             CoordinatorError::Unavailable(_) => Code::Unavailable,
             CoordinatorError::Unimplemented(_) => Code::Unimplemented,
+            CoordinatorError::NotFound(_) => Code::NotFound,
             CoordinatorError::Internal(_) => Code::Internal,
         }
     }

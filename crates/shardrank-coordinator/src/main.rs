@@ -5,10 +5,12 @@
 use clap::Parser;
 use shardrank_coordinator::config::CoordinatorConfig;
 use shardrank_coordinator::metrics::{CoordinatorMetrics, Rpc, RpcCode};
+use shardrank_coordinator::pipeline;
 use shardrank_coordinator::rank::Ranker;
 use shardrank_coordinator::replica::ReplicaSet;
 use shardrank_coordinator::service::CoordinatorService;
 use shardrank_coordinator::shard_client::{self, ShardGroup, ShardHandle};
+use shardrank_coordinator::timeline::Timeline;
 use shardrank_coordinator::users::UserStore;
 use shardrank_core::model::Models;
 use shardrank_proto::v1::coordinator_server::CoordinatorServer;
@@ -51,9 +53,32 @@ async fn main() -> ExitCode {
         handles.push(group);
     }
     let replica_counts: Vec<usize> = handles.iter().map(Vec::len).collect();
+    let (pipeline_text, pipeline_origin) = match &cfg.pipeline_config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, path.display().to_string()),
+            Err(e) => return fail(format!("--pipeline-config {}: {e}", path.display())),
+        },
+        None => (
+            pipeline::config::DEFAULT_TIMELINE.to_string(),
+            "built-in".to_string(),
+        ),
+    };
+    // Checked before anything heavy starts: a bad pipeline fails start-up naming it.
+    let users = Arc::new(RwLock::new(UserStore::default()));
+    let groups = Arc::new(Vec::new());
+    let check_env = |groups: Arc<Vec<ShardGroup>>| pipeline::registry::Env {
+        shards: pipeline::fan_out::Shards {
+            groups,
+            policy: cfg.call_policy(),
+        },
+        users: users.clone(),
+    };
+    if let Err(e) = pipeline::config::build(&pipeline_text, &pipeline_origin, &check_env(groups)) {
+        return fail(e);
+    }
     if cfg.check_config {
         println!(
-            "shardrank-coordinator: configuration ok: {num_shards} shards, replicas {replica_counts:?}, {}, heavy depth {}, max in flight {}",
+            "shardrank-coordinator: configuration ok: {num_shards} shards, replicas {replica_counts:?}, {}, heavy depth {}, max in flight {}, pipeline {pipeline_origin}",
             source.describe(),
             cfg.heavy_candidates,
             cfg.max_in_flight
@@ -103,7 +128,7 @@ async fn main() -> ExitCode {
             )),
         });
     }
-    let users = match load.await {
+    let loaded = match load.await {
         Ok(Ok((u, report))) => {
             report.log_skipped();
             u
@@ -111,11 +136,16 @@ async fn main() -> ExitCode {
         Ok(Err(e)) => return fail(format!("loading users from {describe}: {e}")),
         Err(e) => return fail(format!("loading users: {e}")),
     };
+    *users.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+    let (n_users, watermark_ms) = {
+        let u = users.read().unwrap_or_else(|p| p.into_inner());
+        (u.len(), u.watermark_ms)
+    };
     tracing::info!(
         shards = num_shards,
         posts,
-        users = users.len(),
-        watermark_ms = users.watermark_ms,
+        users = n_users,
+        watermark_ms,
         secs = t0.elapsed().as_secs_f64(),
         "shards ready, users loaded"
     );
@@ -169,10 +199,20 @@ async fn main() -> ExitCode {
                 .inc();
         }),
     );
+    let groups = Arc::new(shards.clone());
+    let timeline =
+        match pipeline::config::build(&pipeline_text, &pipeline_origin, &check_env(groups)) {
+            Ok(p) => Arc::new(Timeline {
+                pipeline: p,
+                users: users.clone(),
+                metrics: metrics.clone(),
+            }),
+            Err(e) => return fail(e),
+        };
     let ranker = Arc::new(Ranker {
         metrics,
         shards,
-        users: Arc::new(RwLock::new(users)),
+        users: users.clone(),
         heavy_candidates: cfg.heavy_candidates,
         max_candidates: cfg.max_candidates,
         policy: cfg.call_policy(),
@@ -180,6 +220,7 @@ async fn main() -> ExitCode {
     });
     let service = CoordinatorServer::new(CoordinatorService {
         ranker,
+        timeline,
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
     })
     .max_decoding_message_size(cfg.max_message_bytes)

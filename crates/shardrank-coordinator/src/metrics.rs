@@ -38,6 +38,20 @@ pub struct ReplicaLabel {
     pub replica: u32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabel {
+    pub pipeline: &'static str,
+    pub component: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentOutcome {
+    pub pipeline: &'static str,
+    pub component: &'static str,
+    /// ok, failed or skipped (failed, fail-open).
+    pub outcome: &'static str,
+}
+
 type Hist = Family<Rpc, Histogram, fn() -> Histogram>;
 type ShardHist = Family<Shard, Histogram, fn() -> Histogram>;
 
@@ -64,6 +78,8 @@ pub struct CoordinatorMetrics {
     pub truncated_answers: Family<Shard, Counter>,
     pub requests_cancelled: Family<Rpc, Counter>,
     pub requests_shed: Family<Rpc, Counter>,
+    pub component_seconds: Family<ComponentLabel, Histogram, fn() -> Histogram>,
+    pub component_outcomes: Family<ComponentOutcome, Counter>,
 }
 
 impl CoordinatorMetrics {
@@ -87,6 +103,8 @@ impl CoordinatorMetrics {
             truncated_answers: Family::default(),
             requests_cancelled: Family::default(),
             requests_shed: Family::default(),
+            component_seconds: Family::new_with_constructor(latency_buckets),
+            component_outcomes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_coordinator");
         r.register(
@@ -175,6 +193,17 @@ impl CoordinatorMetrics {
             "requests_shed",
             "Requests refused at once with RESOURCE_EXHAUSTED because the server was at its in-flight limit",
             m.requests_shed.clone(),
+        );
+        r.register_with_unit(
+            "component",
+            "Latency of each pipeline component",
+            Unit::Seconds,
+            m.component_seconds.clone(),
+        );
+        r.register(
+            "component_outcomes",
+            "Pipeline component runs by outcome (ok, failed, skipped by fail-open)",
+            m.component_outcomes.clone(),
         );
         m
     }

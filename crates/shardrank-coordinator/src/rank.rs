@@ -169,6 +169,7 @@ impl Ranker {
                 now_ms,
                 heavy_skip: c.skip as u32,
                 heavy_count: c.count as u32,
+                light_only: false,
             });
             let metrics = self.metrics.clone();
             let policy = self.policy.clone();

@@ -1,6 +1,5 @@
 //! The gRPC face of the coordinator: deadlines in, statuses out.
 
-use crate::error::CoordinatorError;
 use crate::metrics::{code_label, Rpc, RpcCode};
 use crate::rank::Ranker;
 use shardrank_proto::trace::TraceContext;
@@ -14,6 +13,7 @@ use tracing::Instrument;
 #[derive(Clone)]
 pub struct CoordinatorService {
     pub ranker: Arc<Ranker>,
+    pub timeline: Arc<crate::timeline::Timeline>,
     pub default_timeout: Duration,
 }
 
@@ -104,20 +104,51 @@ impl Coordinator for CoordinatorService {
 
     async fn timeline(
         &self,
-        _: Request<TimelineRequest>,
+        request: Request<TimelineRequest>,
     ) -> Result<Response<TimelineResponse>, Status> {
-        let code = code_label(tonic::Code::Unimplemented);
-        self.ranker
-            .metrics
-            .requests
+        let budget = self.budget(&request);
+        let deadline = tokio::time::Instant::now() + budget;
+        let trace = TraceContext::from_metadata(request.metadata());
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "timeline",
+            trace_id = %trace.trace_hex(),
+            user_id = req.user_id,
+            limit = req.limit
+        );
+        let m = &self.ranker.metrics;
+        let started = std::time::Instant::now();
+        let mut guard = CancelGuard {
+            metrics: m,
+            rpc: "Timeline",
+            done: false,
+        };
+        let res = self
+            .timeline
+            .timeline(req, deadline, trace)
+            .instrument(span.clone())
+            .await;
+        guard.done = true;
+        let code = res
+            .as_ref()
+            .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
+        m.requests
             .get_or_create(&RpcCode {
                 rpc: "Timeline",
-                code,
+                code: code_label(code),
             })
             .inc();
-        Err(CoordinatorError::Unimplemented(
-            "Timeline is not implemented yet (the home-timeline pipeline comes in a later release); use Rank".into(),
-        )
-        .into())
+        m.request_seconds
+            .get_or_create(&Rpc { rpc: "Timeline" })
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => {
+                span.in_scope(
+                    || tracing::info!(error = %e, code = ?e.grpc_code(), "timeline failed"),
+                );
+                Err(e.into())
+            }
+        }
     }
 }

@@ -7,7 +7,9 @@
 use crate::replica::ReplicaSet;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_client::ShardClient;
-use shardrank_proto::v1::{ShardInfoRequest, ShardRankRequest, ShardRankResponse};
+use shardrank_proto::v1::{
+    RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardRankRequest, ShardRankResponse,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -77,6 +79,30 @@ impl ShardHandle {
                 format!("{} ({}): {}", self.index, self.url, s.message()),
             )),
             Err(_) => Err(late()),
+        }
+    }
+
+    /// One Retrieve call bounded by `timeout`.
+    pub async fn retrieve(
+        &self,
+        req: RetrieveRequest,
+        timeout: Duration,
+        trace: TraceContext,
+    ) -> Result<RetrieveResponse, tonic::Status> {
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(timeout);
+        if let Ok(v) = trace.header().parse() {
+            request
+                .metadata_mut()
+                .insert(shardrank_proto::trace::HEADER, v);
+        }
+        let mut client = self.client.clone();
+        match tokio::time::timeout(timeout, client.retrieve(request)).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "shard {} ({}) did not answer within {timeout:?}",
+                self.index, self.url
+            ))),
         }
     }
 

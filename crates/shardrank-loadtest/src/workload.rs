@@ -159,6 +159,7 @@ pub fn build_pool(w: &Workload, u: &Universe, n: usize, seed: u64) -> Vec<Bytes>
                 Rpc::Timeline => TimelineRequest {
                     user_id,
                     limit: w.top_k,
+                    ..Default::default()
                 }
                 .encode_to_vec(),
             };

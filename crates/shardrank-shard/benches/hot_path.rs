@@ -162,6 +162,7 @@ fn bench_shard_rank(b: Bencher, n: usize, count: usize) {
                 skip: 0,
                 count,
                 deadline: None,
+                light_only: false,
             },
         )
     });

@@ -13,5 +13,6 @@ pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod rank;
+pub mod retrieve;
 pub mod service;
 pub mod store;

@@ -28,6 +28,7 @@ pub struct ShardMetrics {
     pub requests_shed: Counter,
     pub truncated: Counter,
     pub events_malformed: Counter,
+    pub retrieve_requests: Family<Code, Counter>,
 }
 
 impl ShardMetrics {
@@ -43,6 +44,7 @@ impl ShardMetrics {
             requests_shed: Counter::default(),
             truncated: Counter::default(),
             events_malformed: Counter::default(),
+            retrieve_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -86,6 +88,11 @@ impl ShardMetrics {
             "events_malformed",
             "Malformed event lines skipped (logged with their line numbers)",
             m.events_malformed.clone(),
+        );
+        r.register(
+            "retrieve_requests",
+            "Retrieve (timeline candidate source) requests by gRPC status code",
+            m.retrieve_requests.clone(),
         );
         m
     }

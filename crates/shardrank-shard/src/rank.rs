@@ -57,6 +57,8 @@ pub struct RankParams<'a> {
     /// When the caller stops waiting: the heavy stage stops there and returns what it
     /// scored (a prefix of the slice), flagged `truncated`.
     pub deadline: Option<Instant>,
+    /// Stop after the light stage: the slice comes back with heavy scores of 0.
+    pub light_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -224,6 +226,11 @@ pub fn rank(
     let t1 = Instant::now();
     out.light_ms = (t1 - t0).as_secs_f64() * 1e3;
 
+    if p.light_only {
+        out.items = slice.iter().map(|&c| (c, 0.0)).collect();
+        return out;
+    }
+
     // Heavy stage, in batches, looking at the deadline before each: past it, the
     // answer is the prefix scored so far (the caller still gets the best of it in time).
     let mut xs = vec![[0.0f32; NUM_FEATURES]; slice.len()];
@@ -286,6 +293,7 @@ mod tests {
                 skip,
                 count,
                 deadline: None,
+                light_only: false,
             },
         )
     }
@@ -304,6 +312,7 @@ mod tests {
             skip: 0,
             count: 300,
             deadline,
+            light_only: false,
         };
         let heavy = &Models::builtin().heavy;
         let late = rank(&s, heavy, &u, &params(Some(Instant::now())));

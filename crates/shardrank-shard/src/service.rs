@@ -4,6 +4,7 @@
 use crate::error::ShardError;
 use crate::metrics::{Code, Stage};
 use crate::rank::{rank, RankParams, RequestUser};
+use crate::retrieve::{retrieve, Params, Source};
 use crate::store::PostStore;
 use shardrank_core::features::UserView;
 use shardrank_core::lang;
@@ -11,7 +12,8 @@ use shardrank_core::model::Models;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_server::Shard;
 use shardrank_proto::v1::{
-    ShardInfoRequest, ShardInfoResponse, ShardRankRequest, ShardRankResponse, UserContext,
+    CandidateSource, RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardInfoResponse,
+    ShardRankRequest, ShardRankResponse, UserContext,
 };
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
@@ -110,6 +112,28 @@ impl Shard for ShardService {
         res.map(Response::new).map_err(Status::from)
     }
 
+    async fn retrieve(
+        &self,
+        request: Request<RetrieveRequest>,
+    ) -> Result<Response<RetrieveResponse>, Status> {
+        let trace = TraceContext::from_metadata(request.metadata());
+        let span = tracing::info_span!("shard_retrieve", trace_id = %trace.trace_hex(), shard = self.state.index);
+        let res = self
+            .retrieve_inner(request.into_inner())
+            .instrument(span)
+            .await;
+        let code = shardrank_proto::admin::code_label(
+            res.as_ref()
+                .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok),
+        );
+        self.state
+            .metrics
+            .retrieve_requests
+            .get_or_create(&Code { code })
+            .inc();
+        res.map(Response::new).map_err(Status::from)
+    }
+
     async fn info(
         &self,
         _: Request<ShardInfoRequest>,
@@ -134,6 +158,70 @@ impl Shard for ShardService {
 }
 
 impl ShardService {
+    async fn retrieve_inner(
+        &self,
+        mut req: RetrieveRequest,
+    ) -> Result<RetrieveResponse, ShardError> {
+        self.check_layout(req.shard_index, req.num_shards)?;
+        if self.state.store.get().is_none() {
+            return Err(ShardError::Loading {
+                index: self.state.index,
+            });
+        }
+        let source = match CandidateSource::try_from(req.source) {
+            Ok(CandidateSource::InNetwork) => Source::InNetwork,
+            Ok(CandidateSource::OutOfNetwork) => Source::OutOfNetwork,
+            Ok(CandidateSource::Trending) => Source::Trending,
+            _ => {
+                return Err(ShardError::InvalidArgument(format!(
+                    "unknown candidate source {}",
+                    req.source
+                )))
+            }
+        };
+        const MAX_LIMIT: u32 = 100_000;
+        if req.limit > MAX_LIMIT {
+            return Err(ShardError::InvalidArgument(format!(
+                "limit {} is above {MAX_LIMIT}",
+                req.limit
+            )));
+        }
+        let ctx = req.user.take().unwrap_or_default();
+        let view = user_view(&ctx)?;
+        let state = self.state.clone();
+        // A scan of the recent rows: milliseconds at most, off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let store = state
+                .store
+                .get()
+                .expect("checked above")
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let user = RequestUser::new(&store, view, &ctx.followees, &ctx.excluded_authors);
+            let (found, scanned) = retrieve(
+                &store,
+                &Params {
+                    source,
+                    user: &user,
+                    since_ms: req.since_ms,
+                    now_ms: req.now_ms,
+                    limit: req.limit as usize,
+                },
+            );
+            RetrieveResponse {
+                ids: found.iter().map(|f| f.id).collect(),
+                author_ids: found
+                    .iter()
+                    .map(|f| store.authors.ids[store.author(f.row) as usize])
+                    .collect(),
+                scores: found.iter().map(|f| f.score).collect(),
+                scanned: scanned as u32,
+            }
+        })
+        .await
+        .map_err(|e| ShardError::Internal(format!("retrieval task failed: {e}")))
+    }
+
     async fn rank_inner(
         &self,
         mut req: ShardRankRequest,
@@ -173,6 +261,7 @@ impl ShardService {
                 skip: req.heavy_skip as usize,
                 count: req.heavy_count as usize,
                 deadline: deadline.map(|(at, _)| at),
+                light_only: req.light_only,
             };
             let out = rank(&store, &state.models.heavy, &user, &params);
             let authors: Vec<u64> = out
@@ -180,7 +269,15 @@ impl ShardService {
                 .iter()
                 .map(|(c, _)| store.authors.ids[store.author(c.row) as usize])
                 .collect();
-            (out, authors)
+            let langs: Vec<u32> = if req.light_only {
+                out.items
+                    .iter()
+                    .map(|(c, _)| store.hot[c.row as usize].lang as u32)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (out, authors, langs)
         };
         // A small request ranks in well under a millisecond: running it here saves two
         // thread hand-offs. A large one goes to the blocking pool (and from there to
@@ -192,7 +289,7 @@ impl ShardService {
                 .await
                 .map_err(|e| ShardError::Internal(format!("ranking task failed: {e}")))?
         };
-        let (out, author_ids) = out;
+        let (out, author_ids, langs) = out;
         let m = &self.state.metrics;
         if out.truncated {
             m.truncated.inc();
@@ -218,7 +315,12 @@ impl ShardService {
             ids: out.items.iter().map(|(c, _)| c.id).collect(),
             author_ids,
             light_scores: out.items.iter().map(|(c, _)| c.light).collect(),
-            heavy_scores: out.items.iter().map(|&(_, h)| h).collect(),
+            heavy_scores: if langs.is_empty() {
+                out.items.iter().map(|&(_, h)| h).collect()
+            } else {
+                Vec::new()
+            },
+            langs,
             eligible: out.eligible as u32,
             unknown: out.unknown as u32,
             excluded: out.excluded as u32,

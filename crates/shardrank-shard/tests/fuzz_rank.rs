@@ -79,6 +79,7 @@ proptest! {
         layout in prop_oneof![4 => Just((0u32, N)), 1 => (any::<u32>(), any::<u32>())],
         user in prop::option::of(user()),
         now_ms in prop_oneof![Just(CORPUS_END_MS), any::<i64>()],
+        light_only in any::<bool>(),
     ) {
         let (svc, known) = service();
         let mut ids: Vec<u64> = picks.iter().map(|i| known[i.index(known.len())]).collect();
@@ -91,6 +92,7 @@ proptest! {
             now_ms,
             heavy_skip: skip,
             heavy_count: count,
+            light_only,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         match rt.block_on(svc.rank(tonic::Request::new(req))) {
@@ -99,7 +101,13 @@ proptest! {
                 let n = r.ids.len();
                 prop_assert_eq!(r.author_ids.len(), n);
                 prop_assert_eq!(r.light_scores.len(), n);
-                prop_assert_eq!(r.heavy_scores.len(), n);
+                if light_only {
+                    prop_assert!(r.heavy_scores.is_empty());
+                    prop_assert_eq!(r.langs.len(), n);
+                } else {
+                    prop_assert_eq!(r.heavy_scores.len(), n);
+                    prop_assert!(r.langs.is_empty());
+                }
                 prop_assert!(n <= count as usize);
                 let mut distinct = ids.clone();
                 distinct.sort_unstable();

@@ -1,0 +1,109 @@
+//! Candidate sources of the home timeline. Each asks every shard for its partition's
+//! best posts for that source (see `shardrank_shard::retrieve`) and keeps the best
+//! `limit` of their union.
+
+use super::fan_out::Shards;
+use super::{Candidate, Found, Query, Source};
+use shardrank_proto::v1::{CandidateSource, RetrieveRequest};
+
+pub struct Retrieve {
+    pub name: &'static str,
+    pub source: CandidateSource,
+    pub shards: Shards,
+    /// Most candidates this source brings.
+    pub limit: usize,
+    /// Only posts of the last this many hours (event time).
+    pub max_age_hours: f64,
+}
+
+#[tonic::async_trait]
+impl Source for Retrieve {
+    async fn fetch(&self, q: &Query) -> Result<Found, String> {
+        // Nothing to look for: no follows, or no interests.
+        let idle = match self.source {
+            CandidateSource::InNetwork => q.user.followees.is_empty(),
+            CandidateSource::OutOfNetwork => q.user.interest_clusters.is_empty(),
+            _ => false,
+        };
+        if idle || self.limit == 0 {
+            return Ok(Found::default());
+        }
+        let n = self.shards.num_shards();
+        let base = RetrieveRequest {
+            shard_index: 0,
+            num_shards: n,
+            source: self.source as i32,
+            user: Some(q.user.clone()),
+            since_ms: q.now_ms - (self.max_age_hours * 3_600_000.0) as i64,
+            now_ms: q.now_ms,
+            limit: self.limit as u32,
+        };
+        let parts = (0..n)
+            .map(|s| {
+                let mut r = base.clone();
+                r.shard_index = s;
+                (s, r)
+            })
+            .collect();
+        let trace = q.trace;
+        let answers = self
+            .shards
+            .call_all(parts, q.deadline, move |h, req, timeout| async move {
+                h.retrieve(req, timeout, trace.child()).await
+            })
+            .await;
+        let mut found = Found::default();
+        let mut errors = Vec::new();
+        for (shard, res) in answers {
+            match res {
+                Ok(r) => {
+                    if r.author_ids.len() != r.ids.len() || r.scores.len() != r.ids.len() {
+                        found.missing_shards.insert(shard);
+                        errors.push(format!("shard {shard}: malformed answer"));
+                        continue;
+                    }
+                    for i in 0..r.ids.len() {
+                        found.candidates.push(Candidate::new(
+                            r.ids[i],
+                            r.author_ids[i],
+                            self.name,
+                            r.scores[i],
+                        ));
+                    }
+                }
+                Err(e) => {
+                    found.missing_shards.insert(shard);
+                    errors.push(format!("shard {shard}: {}", e.message()));
+                }
+            }
+        }
+        if found.missing_shards.len() == n as usize {
+            return Err(format!("no shard answered: {}", errors.join("; ")));
+        }
+        found.candidates.sort_unstable_by(|a, b| {
+            b.source_score
+                .total_cmp(&a.source_score)
+                .then(a.id.cmp(&b.id))
+        });
+        found.candidates.truncate(self.limit);
+        Ok(found)
+    }
+}
+
+/// Fault injection, for drills and tests: a source that waits `delay`, then fails with
+/// `error` if set, or brings nothing. With `fail_open` the timeline must come back anyway.
+pub struct Fault {
+    pub delay: std::time::Duration,
+    pub error: Option<String>,
+}
+
+#[tonic::async_trait]
+impl Source for Fault {
+    async fn fetch(&self, _: &Query) -> Result<Found, String> {
+        tokio::time::sleep(self.delay).await;
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(Found::default()),
+        }
+    }
+}
