@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make bench`: a 4x1 cluster on loopback with the standard corpus; for each workload a
 # closed loop at concurrency 8 (throughput), then an open loop at 70% of that throughput
-# (latency), plus rank-100k at 20/s (the latency target); JSON lines and a markdown
+# (latency), plus rank-100k at 20/s and timeline at 50/s (the latency targets); JSON
+# lines and a markdown
 # table in bench/results/, then the cluster stops.
 # Env: BIN (target/release), BENCH_DURATION (15s), BENCH_WARMUP (3s),
-#      BENCH_CONCURRENCY (8), BENCH_WORKLOADS (rank-1k,rank-10k,rank-100k), BASE_PORT (7300)
+#      BENCH_CONCURRENCY (8), BENCH_WORKLOADS (rank-1k,rank-10k,rank-100k,timeline),
+#      BASE_PORT (7300)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -15,7 +17,7 @@ bin=${BIN:-$root/target/release}
 duration=${BENCH_DURATION:-15s}
 warmup=${BENCH_WARMUP:-3s}
 concurrency=${BENCH_CONCURRENCY:-8}
-workloads=${BENCH_WORKLOADS:-rank-1k,rank-10k,rank-100k}
+workloads=${BENCH_WORKLOADS:-rank-1k,rank-10k,rank-100k,timeline}
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 out="$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$commit.jsonl"
 logs=$(mktemp -d -t shardrank-bench.XXXXXX)
@@ -36,6 +38,7 @@ for w in ${workloads//,/ }; do
   load --workload "$w" --rate "$rate"
 done
 case ",$workloads," in *,rank-100k,*) load --workload rank-100k --rate 20 ;; esac
+case ",$workloads," in *,timeline,*) load --workload timeline --rate 50 ;; esac
 stop_cluster
 python3 "$here/table.py" "$out" > "${out%.jsonl}.md"
 echo

@@ -90,6 +90,24 @@ fn container_env(docs: &[Value], c: &Value, pod_index: u32) -> HashMap<String, S
     env
 }
 
+/// Writes the pipelines ConfigMap's files to a directory, as the volume mount would,
+/// checking they are the ones in deploy/pipelines.
+fn materialize_pipelines(docs: &[Value], dir: &Path) {
+    let cm = config(docs, "shardrank-pipelines");
+    for (file, text) in cm["data"].as_object().unwrap() {
+        let shipped = std::fs::read_to_string(format!(
+            "{}/../deploy/pipelines/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        assert!(
+            text.as_str() == Some(shipped.as_str()),
+            "the {file} in the ConfigMap differs from deploy/pipelines/{file}"
+        );
+        std::fs::write(dir.join(file), shipped).unwrap();
+    }
+}
+
 /// Writes the models ConfigMap's files to a directory, as the volume mount would.
 fn materialize_models(docs: &[Value], dir: &Path) {
     let cm = config(docs, "shardrank-models");
@@ -117,6 +135,8 @@ fn every_container_command_line_passes_the_binarys_check() {
         let docs = render(overlay);
         let models = scratch_dir("k8s-models");
         materialize_models(&docs, &models);
+        let pipelines = scratch_dir("k8s-pipelines");
+        materialize_pipelines(&docs, &pipelines);
         let shape = &config(&docs, "shardrank-config")["data"];
         let num_shards: u32 = shape["NUM_SHARDS"].as_str().unwrap().parse().unwrap();
         let workloads: Vec<&Value> = of_kind(&docs, "Deployment")
@@ -146,6 +166,7 @@ fn every_container_command_line_passes_the_binarys_check() {
                         .chain(c["args"].as_array().into_iter().flatten())
                         .map(|a| expand(a.as_str().unwrap(), &env))
                         .map(|a| a.replace("/etc/shardrank/models", models.to_str().unwrap()))
+                        .map(|a| a.replace("/etc/shardrank/pipelines", pipelines.to_str().unwrap()))
                         .collect();
                     let binary = Path::new(&cmd[0]).file_name().unwrap().to_str().unwrap();
                     let mut args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();

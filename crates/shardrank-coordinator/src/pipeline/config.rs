@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The built-in home timeline pipeline (also `deploy/pipelines/timeline.toml`).
-pub const DEFAULT_TIMELINE: &str = include_str!("timeline.toml");
+pub const DEFAULT_TIMELINE: &str = include_str!("../../../../deploy/pipelines/timeline.toml");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
