@@ -194,3 +194,40 @@ async fn unknown_user_is_a_cold_start_for_rank_and_not_found_for_timeline() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn rank_runs_as_a_pipeline_of_named_components() {
+    let c = Cluster::start(2, TINY).await;
+    let facts = Facts::of("tiny", 42);
+    let r = c
+        .client()
+        .await
+        .rank(RankRequest {
+            user_id: facts.users[2],
+            candidate_ids: facts.tweets[..2000].to_vec(),
+            top_k: 10,
+            include_stats: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let comps = &r.stats.as_ref().unwrap().components;
+    let names: Vec<&str> = comps.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["request_candidates", "exact_ranker"]);
+    assert_eq!(
+        comps[0].candidates_out, 2000,
+        "the request's ids, by reference"
+    );
+    assert_eq!(comps[1].candidates_out, 10);
+    assert!(comps
+        .iter()
+        .all(|c| c.outcome == "ok" && !c.kind.is_empty()));
+    let (_, m) = shardrank_tests::http_get(&format!("{}/metrics", c.admin)).await;
+    assert_eq!(
+        shardrank_tests::metric(
+            &m,
+            "shardrank_coordinator_component_outcomes_total{pipeline=\"rank\",component=\"exact_ranker\",outcome=\"ok\"}"
+        ),
+        Some(1.0)
+    );
+}

@@ -95,6 +95,10 @@ pub struct CoordinatorConfig {
     /// settings; see deploy/pipelines/timeline.toml). Default: the built-in one.
     #[arg(long, value_name = "FILE")]
     pub pipeline_config: Option<PathBuf>,
+    /// The Rank RPC's pipeline config (see deploy/pipelines/rank.toml). Default: the
+    /// built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub rank_pipeline_config: Option<PathBuf>,
     /// Model directory: accepted for symmetry with the shards, which do the scoring;
     /// checked at start-up so a bad file fails here too.
     #[arg(long, value_name = "DIR")]

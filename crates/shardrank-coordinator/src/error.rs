@@ -13,6 +13,9 @@ pub enum CoordinatorError {
     Unimplemented(String),
     #[error("{0}")]
     NotFound(String),
+    /// A pipeline component whose policy is to fail the request failed.
+    #[error("{0}")]
+    PipelineFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -24,6 +27,7 @@ impl CoordinatorError {
             CoordinatorError::Unavailable(_) => Code::Unavailable,
             CoordinatorError::Unimplemented(_) => Code::Unimplemented,
             CoordinatorError::NotFound(_) => Code::NotFound,
+            CoordinatorError::PipelineFailed(_) => Code::Unavailable,
             CoordinatorError::Internal(_) => Code::Internal,
         }
     }

@@ -53,35 +53,67 @@ async fn main() -> ExitCode {
         handles.push(group);
     }
     let replica_counts: Vec<usize> = handles.iter().map(Vec::len).collect();
-    let (pipeline_text, pipeline_origin) = match &cfg.pipeline_config {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(t) => (t, path.display().to_string()),
-            Err(e) => return fail(format!("--pipeline-config {}: {e}", path.display())),
-        },
-        None => (
-            pipeline::config::DEFAULT_TIMELINE.to_string(),
-            "built-in".to_string(),
+    let pipelines = [
+        (
+            cfg.pipeline_config.as_deref(),
+            pipeline::config::DEFAULT_TIMELINE,
+            "--pipeline-config",
         ),
+        (
+            cfg.rank_pipeline_config.as_deref(),
+            pipeline::config::DEFAULT_RANK,
+            "--rank-pipeline-config",
+        ),
+    ];
+    let mut texts = Vec::new();
+    for (path, default, flag) in pipelines {
+        match pipeline::config::read(path, default, flag) {
+            Ok(t) => texts.push(t),
+            Err(e) => return fail(e),
+        }
+    }
+    let users = Arc::new(RwLock::new(UserStore::default()));
+    // The components' environment: the shards, the user store, the exact Rank path.
+    let make_env = |groups: Vec<ShardGroup>, metrics: Arc<CoordinatorMetrics>| {
+        let ranker = Arc::new(Ranker {
+            metrics,
+            shards: groups.clone(),
+            users: users.clone(),
+            heavy_candidates: cfg.heavy_candidates,
+            max_candidates: cfg.max_candidates,
+            policy: cfg.call_policy(),
+            min_coverage: cfg.min_coverage,
+        });
+        pipeline::registry::Env {
+            shards: pipeline::fan_out::Shards {
+                groups: Arc::new(groups),
+                policy: cfg.call_policy(),
+            },
+            users: users.clone(),
+            ranker,
+        }
     };
     // Checked before anything heavy starts: a bad pipeline fails start-up naming it.
-    let users = Arc::new(RwLock::new(UserStore::default()));
-    let groups = Arc::new(Vec::new());
-    let check_env = |groups: Arc<Vec<ShardGroup>>| pipeline::registry::Env {
-        shards: pipeline::fan_out::Shards {
-            groups,
-            policy: cfg.call_policy(),
-        },
-        users: users.clone(),
-    };
-    if let Err(e) = pipeline::config::build(&pipeline_text, &pipeline_origin, &check_env(groups)) {
-        return fail(e);
+    {
+        let mut scratch = prometheus_client::registry::Registry::default();
+        let env = make_env(
+            Vec::new(),
+            Arc::new(CoordinatorMetrics::register(&mut scratch)),
+        );
+        for (text, origin) in &texts {
+            if let Err(e) = pipeline::config::build(text, origin, &env) {
+                return fail(e);
+            }
+        }
     }
     if cfg.check_config {
         println!(
-            "shardrank-coordinator: configuration ok: {num_shards} shards, replicas {replica_counts:?}, {}, heavy depth {}, max in flight {}, pipeline {pipeline_origin}",
+            "shardrank-coordinator: configuration ok: {num_shards} shards, replicas {replica_counts:?}, {}, heavy depth {}, max in flight {}, pipelines {} and {}",
             source.describe(),
             cfg.heavy_candidates,
-            cfg.max_in_flight
+            cfg.max_in_flight,
+            texts[0].1,
+            texts[1].1
         );
         return ExitCode::SUCCESS;
     }
@@ -199,27 +231,24 @@ async fn main() -> ExitCode {
                 .inc();
         }),
     );
-    let groups = Arc::new(shards.clone());
-    let timeline =
-        match pipeline::config::build(&pipeline_text, &pipeline_origin, &check_env(groups)) {
-            Ok(p) => Arc::new(Timeline {
-                pipeline: p,
-                users: users.clone(),
-                metrics: metrics.clone(),
-            }),
+    let env = make_env(shards, metrics.clone());
+    let ranker = env.ranker.clone();
+    let mut built = Vec::new();
+    for (text, origin) in &texts {
+        match pipeline::config::build(text, origin, &env) {
+            Ok(p) => built.push(p),
             Err(e) => return fail(e),
-        };
-    let ranker = Arc::new(Ranker {
-        metrics,
-        shards,
+        }
+    }
+    let rank_pipeline = Arc::new(built.pop().expect("two pipelines"));
+    let timeline = Arc::new(Timeline {
+        pipeline: built.pop().expect("two pipelines"),
         users: users.clone(),
-        heavy_candidates: cfg.heavy_candidates,
-        max_candidates: cfg.max_candidates,
-        policy: cfg.call_policy(),
-        min_coverage: cfg.min_coverage,
+        metrics: metrics.clone(),
     });
     let service = CoordinatorServer::new(CoordinatorService {
         ranker,
+        rank_pipeline,
         timeline,
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
     })

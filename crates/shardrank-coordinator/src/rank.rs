@@ -228,7 +228,7 @@ impl Ranker {
 
     pub async fn rank(
         &self,
-        req: RankRequest,
+        req: Arc<RankRequest>,
         deadline: Instant,
         trace: TraceContext,
     ) -> Result<RankResponse, CoordinatorError> {
@@ -252,11 +252,11 @@ impl Ranker {
             ..Default::default()
         };
         let route_started = Instant::now();
-        let ids = req.candidate_ids;
-        let by_shard = if ids.len() <= INLINE_ROUTING {
-            routing::partition(&ids, n)
+        let by_shard = if req.candidate_ids.len() <= INLINE_ROUTING {
+            routing::partition(&req.candidate_ids, n)
         } else {
-            tokio::task::spawn_blocking(move || routing::partition(&ids, n))
+            let req = req.clone();
+            tokio::task::spawn_blocking(move || routing::partition(&req.candidate_ids, n))
                 .await
                 .map_err(|e| CoordinatorError::Internal(format!("routing task failed: {e}")))?
         };

@@ -1,6 +1,8 @@
 //! The gRPC face of the coordinator: deadlines in, statuses out.
 
+use crate::error::CoordinatorError;
 use crate::metrics::{code_label, Rpc, RpcCode};
+use crate::pipeline::{Pipeline, Query};
 use crate::rank::Ranker;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::coordinator_server::Coordinator;
@@ -13,6 +15,8 @@ use tracing::Instrument;
 #[derive(Clone)]
 pub struct CoordinatorService {
     pub ranker: Arc<Ranker>,
+    /// The Rank RPC's pipeline: the request's candidates, the exact ranker.
+    pub rank_pipeline: Arc<Pipeline>,
     pub timeline: Arc<crate::timeline::Timeline>,
     pub default_timeout: Duration,
 }
@@ -38,6 +42,48 @@ impl Drop for CancelGuard<'_> {
 }
 
 impl CoordinatorService {
+    /// Rank through its pipeline. The request is checked first: a bad request is
+    /// INVALID_ARGUMENT, not a pipeline failure.
+    async fn run_rank(
+        &self,
+        req: Arc<RankRequest>,
+        deadline: tokio::time::Instant,
+        trace: TraceContext,
+    ) -> Result<RankResponse, CoordinatorError> {
+        let k = crate::rank::validate(&req, self.ranker.max_candidates)?;
+        let q = Query {
+            user_id: req.user_id,
+            user: Default::default(),
+            user_lang: 0,
+            now_ms: 0,
+            limit: k,
+            seen: Default::default(),
+            deadline,
+            trace,
+            rank: Some(req.clone()),
+        };
+        let (state, components) = self
+            .rank_pipeline
+            .run(&q, &self.ranker.metrics)
+            .await
+            .map_err(|f| {
+                CoordinatorError::PipelineFailed(format!(
+                    "pipeline {} failed in component {}: {}",
+                    self.rank_pipeline.name, f.component, f.error
+                ))
+            })?;
+        let mut answer = state.rank_answer.ok_or_else(|| {
+            CoordinatorError::Internal(format!(
+                "pipeline {} has no ranker that answers Rank (exact_ranker)",
+                self.rank_pipeline.name
+            ))
+        })?;
+        if let Some(stats) = answer.stats.as_mut() {
+            stats.components = components;
+        }
+        Ok(answer)
+    }
+
     /// The request's budget: the client's grpc-timeout if it sent one, else the default.
     fn budget<T>(&self, req: &Request<T>) -> Duration {
         shardrank_proto::serving::request_timeout(req.metadata()).unwrap_or(self.default_timeout)
@@ -50,7 +96,7 @@ impl Coordinator for CoordinatorService {
         let budget = self.budget(&request);
         let deadline = tokio::time::Instant::now() + budget;
         let trace = TraceContext::from_metadata(request.metadata());
-        let req = request.into_inner();
+        let req = Arc::new(request.into_inner());
         let n = req.candidate_ids.len();
         // Every line logged for this request, here and in the shards, carries its trace id.
         let span = tracing::info_span!(
@@ -71,8 +117,7 @@ impl Coordinator for CoordinatorService {
             done: false,
         };
         let res = self
-            .ranker
-            .rank(req, deadline, trace)
+            .run_rank(req, deadline, trace)
             .instrument(span.clone())
             .await;
         guard.done = true;

@@ -70,10 +70,11 @@ impl Timeline {
                 seen: req.seen_ids.iter().copied().collect(),
                 deadline,
                 trace,
+                rank: None,
             }
         };
         let (state, components) = self.pipeline.run(&q, &self.metrics).await.map_err(|f| {
-            CoordinatorError::Unavailable(format!(
+            CoordinatorError::PipelineFailed(format!(
                 "pipeline {} failed in component {}: {}",
                 self.pipeline.name, f.component, f.error
             ))

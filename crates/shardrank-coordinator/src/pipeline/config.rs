@@ -22,8 +22,25 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The built-in home timeline pipeline (also `deploy/pipelines/timeline.toml`).
+/// The built-in home timeline pipeline: `deploy/pipelines/timeline.toml`.
 pub const DEFAULT_TIMELINE: &str = include_str!("../../../../deploy/pipelines/timeline.toml");
+/// The built-in Rank pipeline: `deploy/pipelines/rank.toml`.
+pub const DEFAULT_RANK: &str = include_str!("../../../../deploy/pipelines/rank.toml");
+
+/// A pipeline config's text and where it came from: the file `path` names (given with
+/// `flag`), or the built-in `default`.
+pub fn read(
+    path: Option<&std::path::Path>,
+    default: &str,
+    flag: &str,
+) -> Result<(String, String), String> {
+    match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| (t, p.display().to_string()))
+            .map_err(|e| format!("{flag} {}: {e}", p.display())),
+        None => Ok((default.to_string(), "built-in".to_string())),
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,12 +148,23 @@ mod tests {
     use std::sync::{Arc, RwLock};
 
     fn env() -> Env {
+        let users = Arc::new(RwLock::new(Default::default()));
+        let mut registry = prometheus_client::registry::Registry::default();
         Env {
             shards: Shards {
                 groups: Arc::new(Vec::new()),
                 policy: Default::default(),
             },
-            users: Arc::new(RwLock::new(Default::default())),
+            users: users.clone(),
+            ranker: Arc::new(crate::rank::Ranker {
+                metrics: Arc::new(crate::metrics::CoordinatorMetrics::register(&mut registry)),
+                shards: Vec::new(),
+                users,
+                heavy_candidates: 1000,
+                max_candidates: 1000,
+                policy: Default::default(),
+                min_coverage: 0.0,
+            }),
         }
     }
 
@@ -145,6 +173,14 @@ mod tests {
             Ok(_) => panic!("accepted:\n{text}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn the_default_rank_pipeline_builds() {
+        let p = build(DEFAULT_RANK, "built-in", &env()).unwrap();
+        assert_eq!(p.name, "rank");
+        assert_eq!(p.steps.len(), 2);
+        assert!(!p.steps[0].components[0].fail_open);
     }
 
     #[test]

@@ -96,6 +96,7 @@ mod tests {
             seen: [3u64].into_iter().collect(),
             deadline: tokio::time::Instant::now(),
             trace: TraceContext::new_root(),
+            rank: None,
         }
     }
 

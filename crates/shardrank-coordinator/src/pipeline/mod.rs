@@ -23,7 +23,7 @@ pub mod sources;
 use crate::metrics::{ComponentLabel, ComponentOutcome, CoordinatorMetrics};
 use shardrank_core::lang::Lang;
 use shardrank_proto::trace::TraceContext;
-use shardrank_proto::v1::{ComponentStats, UserContext};
+use shardrank_proto::v1::{ComponentStats, RankRequest, RankResponse, UserContext};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub struct Query {
     pub seen: HashSet<u64>,
     pub deadline: Instant,
     pub trace: TraceContext,
+    /// The Rank pipeline's request (its candidates are the request's ids).
+    pub rank: Option<Arc<RankRequest>>,
 }
 
 /// One candidate as it moves through the pipeline.
@@ -76,6 +78,11 @@ pub struct State {
     pub candidates: Vec<Candidate>,
     /// Shards that did not answer some call: the answer is partial.
     pub missing_shards: BTreeSet<u32>,
+    /// Candidates held by reference, not as [`Candidate`]s: the Rank request's ids,
+    /// which the exact ranker reads where they are (100,000 of them, with repeats).
+    pub by_reference: usize,
+    /// The Rank pipeline's answer.
+    pub rank_answer: Option<RankResponse>,
 }
 
 /// What a source brings back.
@@ -83,6 +90,8 @@ pub struct State {
 pub struct Found {
     pub candidates: Vec<Candidate>,
     pub missing_shards: BTreeSet<u32>,
+    /// Candidates brought by reference (see [`State::by_reference`]).
+    pub by_reference: usize,
 }
 
 #[tonic::async_trait]
@@ -229,7 +238,8 @@ impl Pipeline {
                     let before = state.candidates.len();
                     let (outcome, error, brought) = match res {
                         Ok(found) => {
-                            let brought = found.candidates.len();
+                            let brought = found.candidates.len() + found.by_reference;
+                            state.by_reference += found.by_reference;
                             state.missing_shards.extend(found.missing_shards);
                             // A post two sources bring keeps the first (config order).
                             state
@@ -256,7 +266,7 @@ impl Pipeline {
                 let span =
                     tracing::info_span!("component", pipeline = self.name, component = n.name);
                 let t0 = Instant::now();
-                let before = state.candidates.len();
+                let before = state.candidates.len() + state.by_reference;
                 let res = async {
                     match &n.component {
                         Component::Hydrator(s) | Component::Scorer(s) => {
@@ -264,6 +274,8 @@ impl Pipeline {
                             let mut trial = State {
                                 candidates: state.candidates.clone(),
                                 missing_shards: state.missing_shards.clone(),
+                                by_reference: state.by_reference,
+                                rank_answer: state.rank_answer.clone(),
                             };
                             bounded(n.timeout, q.deadline, s.score(q, &mut trial)).await?;
                             state = trial;
@@ -283,7 +295,7 @@ impl Pipeline {
                     Ok(()) => ("ok", String::new()),
                     Err(e) => (if n.fail_open { "skipped" } else { "failed" }, e),
                 };
-                let after = state.candidates.len();
+                let after = state.candidates.len() + state.by_reference;
                 stats.push(record(
                     self.name,
                     n,

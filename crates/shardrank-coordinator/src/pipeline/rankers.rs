@@ -145,3 +145,40 @@ fn sort_by(v: &mut [super::Candidate], key: impl Fn(&super::Candidate) -> Option
         y.total_cmp(&x).then(a.id.cmp(&b.id))
     });
 }
+
+/// The Rank pipeline's scorer: the exact distributed top-k of [`crate::rank`] (first round
+/// at each shard's binomial share, a second round where a share was short, merge). Its
+/// answer replaces the candidates held by reference.
+pub struct ExactRanker {
+    pub ranker: std::sync::Arc<crate::rank::Ranker>,
+}
+
+#[tonic::async_trait]
+impl Scorer for ExactRanker {
+    async fn score(&self, q: &Query, s: &mut State) -> Result<(), String> {
+        let req = q
+            .rank
+            .clone()
+            .ok_or("exact_ranker reads a Rank request; this pipeline has none")?;
+        let answer = self
+            .ranker
+            .rank(req, q.deadline, q.trace)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.by_reference = 0;
+        s.candidates = answer
+            .candidates
+            .iter()
+            .map(|c| {
+                let mut x = super::Candidate::new(c.id, c.author_id, "request", 0.0);
+                x.light = Some(c.light_score);
+                x.heavy = Some(c.score);
+                x
+            })
+            .collect();
+        s.missing_shards
+            .extend(answer.missing_shards.iter().copied());
+        s.rank_answer = Some(answer);
+        Ok(())
+    }
+}

@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 pub struct Env {
     pub shards: Shards,
     pub users: Arc<RwLock<UserStore>>,
+    /// The exact Rank path, for the Rank pipeline.
+    pub ranker: Arc<crate::rank::Ranker>,
 }
 
 /// Every registered component: name and kind.
@@ -30,6 +32,8 @@ pub const COMPONENTS: &[(&str, Kind)] = &[
     ("truncate", Kind::Selector),
     ("blend", Kind::Selector),
     ("fault", Kind::Source),
+    ("request_candidates", Kind::Source),
+    ("exact_ranker", Kind::Scorer),
 ];
 
 /// The static name and kind of a registered component.
@@ -166,6 +170,10 @@ pub fn build(name: &'static str, s: &mut Settings, env: &Env) -> Result<Componen
                 in_network_share: share,
             }))
         }
+        "request_candidates" => Component::Source(Box::new(sources::RequestCandidates)),
+        "exact_ranker" => Component::Scorer(Box::new(rankers::ExactRanker {
+            ranker: env.ranker.clone(),
+        })),
         "fault" => Component::Source(Box::new(sources::Fault {
             delay: std::time::Duration::from_millis(s.usize("delay_ms", 0)? as u64),
             error: s.string("error")?,

@@ -59,6 +59,7 @@ mod tests {
             seen: Default::default(),
             deadline: tokio::time::Instant::now(),
             trace: TraceContext::new_root(),
+            rank: None,
         }
     }
 

@@ -107,3 +107,20 @@ impl Source for Fault {
         }
     }
 }
+
+/// The Rank pipeline's source: the request's own candidate ids, by reference.
+pub struct RequestCandidates;
+
+#[tonic::async_trait]
+impl Source for RequestCandidates {
+    async fn fetch(&self, q: &Query) -> Result<Found, String> {
+        let req = q
+            .rank
+            .as_ref()
+            .ok_or("request_candidates reads a Rank request; this pipeline has none")?;
+        Ok(Found {
+            by_reference: req.candidate_ids.len(),
+            ..Default::default()
+        })
+    }
+}
