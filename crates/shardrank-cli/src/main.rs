@@ -8,6 +8,7 @@
 //! - `shardrank up`: a whole cluster as local processes, until Ctrl-C.
 
 mod rank;
+mod timeline;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     },
     /// Send Rank requests with candidates drawn from a corpus; print answers and latency.
     Rank(rank::RankArgs),
+    /// Show one user's home timeline (Coordinator.Timeline), with each post's source.
+    Timeline(timeline::TimelineArgs),
     /// Start a local cluster (shards and a coordinator on loopback) until Ctrl-C.
     Up(up::UpArgs),
     /// Wait until a server's health check says SERVING (exit 0), or time out (exit 2).
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Rank(args) => block_on(rank::run(args)),
         Command::Up(args) => block_on(up::run(args)),
+        Command::Timeline(args) => block_on(timeline::run(args)),
         Command::Wait { target, timeout_secs } => block_on(async move {
             let t0 = std::time::Instant::now();
             rank::wait_serving(&target, "", std::time::Duration::from_secs(timeout_secs))

@@ -28,6 +28,8 @@ pub struct UserStore {
     users: IdMap<User>,
     /// Per author, how many block or mute events name it: a spam signal.
     reports: IdMap<u32>,
+    /// Per account, how many follow it (follows minus unfollows).
+    followers: IdMap<u32>,
     /// Newest event time applied: the clock features are computed at.
     pub watermark_ms: i64,
     pub events: u64,
@@ -63,8 +65,15 @@ impl UserStore {
                     SocialKind::Block => insert_sorted(&mut u.blocked, s.target_id),
                     SocialKind::Mute => insert_sorted(&mut u.muted, s.target_id),
                 }
-                if matches!(s.kind, SocialKind::Block | SocialKind::Mute) {
-                    *self.reports.entry(s.target_id).or_default() += 1;
+                match s.kind {
+                    SocialKind::Block | SocialKind::Mute => {
+                        *self.reports.entry(s.target_id).or_default() += 1
+                    }
+                    SocialKind::Follow => *self.followers.entry(s.target_id).or_default() += 1,
+                    SocialKind::Unfollow => {
+                        let n = self.followers.entry(s.target_id).or_default();
+                        *n = n.saturating_sub(1);
+                    }
                 }
             }
             // Posts and their engagement live on the shards.
@@ -75,6 +84,11 @@ impl UserStore {
     /// How many times `author` was blocked or muted.
     pub fn reports(&self, author: u64) -> u32 {
         self.reports.get(&author).copied().unwrap_or(0)
+    }
+
+    /// How many accounts follow `author`.
+    pub fn followers(&self, author: u64) -> u32 {
+        self.followers.get(&author).copied().unwrap_or(0)
     }
 
     pub fn get(&self, user_id: u64) -> Option<&User> {

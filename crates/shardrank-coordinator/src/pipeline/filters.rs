@@ -49,17 +49,28 @@ impl Filter for AuthorDiversity {
     }
 }
 
-/// Spam: drops posts by authors that at least `min_reports` users blocked or muted (the
-/// signal Twitter's own spam rules weigh most), read from the user store.
+/// Spam: drops posts by authors that many users block or mute, the signal Twitter's own
+/// spam rules weigh most: at least `min_reports` blocks and mutes, and at least
+/// `max_report_rate` of them per follower (so a popular account is not spam for being
+/// blocked by a small share of its audience). Read from the user store.
 pub struct Spam {
     pub users: Arc<RwLock<UserStore>>,
     pub min_reports: u32,
+    pub max_report_rate: f64,
+}
+
+impl Spam {
+    fn is_spam(&self, users: &UserStore, author: u64) -> bool {
+        let reports = users.reports(author);
+        reports >= self.min_reports
+            && reports as f64 >= self.max_report_rate * users.followers(author) as f64
+    }
 }
 
 impl Filter for Spam {
     fn filter(&self, _: &Query, c: &mut Vec<Candidate>) -> Result<(), String> {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        c.retain(|x| users.reports(x.author) < self.min_reports);
+        c.retain(|x| !self.is_spam(&users, x.author));
         Ok(())
     }
 }
@@ -154,23 +165,39 @@ mod tests {
                 timestamp: 0,
             }));
         }
+        // Author 11 was reported as often, but 100 accounts follow it.
+        for u in 0..103 {
+            let kind = if u < 3 {
+                SocialKind::Block
+            } else {
+                SocialKind::Follow
+            };
+            users.apply(&Event::Social(Social {
+                kind,
+                user_id: 200 + u,
+                target_id: 11,
+                timestamp: 0,
+            }));
+        }
         let users = Arc::new(RwLock::new(users));
-        let all = vec![c(1, 10, "en"), c(2, 11, "en")];
-        let mut v = all.clone();
-        Spam {
+        let spam = |min_reports, rate| Spam {
             users: users.clone(),
-            min_reports: 3,
-        }
-        .filter(&q(), &mut v)
-        .unwrap();
-        assert_eq!(ids(&v), [2]);
+            min_reports,
+            max_report_rate: rate,
+        };
+        let all = vec![c(1, 10, "en"), c(2, 11, "en"), c(3, 12, "en")];
         let mut v = all.clone();
-        Spam {
-            users,
-            min_reports: 4,
-        }
-        .filter(&q(), &mut v)
-        .unwrap();
-        assert_eq!(ids(&v), [1, 2]);
+        spam(3, 0.05).filter(&q(), &mut v).unwrap();
+        assert_eq!(
+            ids(&v),
+            [2, 3],
+            "3 reports and no followers is spam; 3 of 100 is not"
+        );
+        let mut v = all.clone();
+        spam(3, 0.01).filter(&q(), &mut v).unwrap();
+        assert_eq!(ids(&v), [3]);
+        let mut v = all.clone();
+        spam(4, 0.0).filter(&q(), &mut v).unwrap();
+        assert_eq!(ids(&v), [1, 2, 3]);
     }
 }

@@ -156,6 +156,7 @@ pub fn build(name: &'static str, s: &mut Settings, env: &Env) -> Result<Componen
         "spam" => Component::Filter(Box::new(filters::Spam {
             users: env.users.clone(),
             min_reports: s.usize("min_reports", 5)? as u32,
+            max_report_rate: s.f64("max_report_rate", 0.05)?,
         })),
         "language" => Component::Filter(Box::new(filters::Language)),
         "truncate" => Component::Selector(Box::new(selectors::Truncate)),
