@@ -238,3 +238,48 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_of_requests_prints_its_own_stats() {
+    let c = Cluster::start(2, &["--corpus", "tiny"]).await;
+    let url = c.url.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(
+            "shardrank-loadtest",
+            &[
+                "--target",
+                &url,
+                "--workload",
+                "rank-1k,timeline",
+                "--corpus",
+                "tiny",
+                "--concurrency",
+                "2",
+                "--duration",
+                "300ms",
+                "--warmup",
+                "0s",
+                "--stats-sample",
+                "3",
+            ],
+            T,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("stats of 3 sampled rank-1k requests"), "{out}");
+    assert!(
+        out.contains("shard 0: call") && out.contains("shard 1: call"),
+        "{out}"
+    );
+    assert!(out.contains("coverage 1.00"), "{out}");
+    assert!(
+        out.contains("stats of 3 sampled timeline requests"),
+        "{out}"
+    );
+    assert!(
+        out.contains("heavy_ranker (scorer)") && out.contains("in_network (source)"),
+        "{out}"
+    );
+}

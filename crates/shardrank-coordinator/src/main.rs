@@ -26,7 +26,19 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cfg = CoordinatorConfig::parse();
-    serving::init_tracing(cfg.log_format);
+    let otlp = match serving::init_tracing_with(
+        cfg.log_format,
+        cfg.otlp_endpoint
+            .as_deref()
+            .map(|endpoint| shardrank_proto::otlp::OtlpConfig {
+                endpoint,
+                service: "shardrank-coordinator",
+                attributes: vec![],
+            }),
+    ) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
     let shard_urls = match cfg.validate() {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -275,6 +287,9 @@ async fn main() -> ExitCode {
         res = server => res,
         _ = shutdown.drain_expired(Duration::from_secs(cfg.drain_secs)) => Ok(()),
     };
+    if let Some(g) = &otlp {
+        g.shutdown();
+    }
     match res {
         Ok(()) => {
             tracing::info!("coordinator stopped");

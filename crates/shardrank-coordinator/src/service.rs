@@ -106,6 +106,7 @@ impl Coordinator for CoordinatorService {
             candidates = n,
             top_k = req.top_k
         );
+        shardrank_proto::otlp::link(&span, &trace);
         let _ = span
             .in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "rank request"));
         let m = &self.ranker.metrics;
@@ -161,6 +162,7 @@ impl Coordinator for CoordinatorService {
             user_id = req.user_id,
             limit = req.limit
         );
+        shardrank_proto::otlp::link(&span, &trace);
         let m = &self.ranker.metrics;
         let started = std::time::Instant::now();
         let mut guard = CancelGuard {

@@ -61,6 +61,10 @@ pub struct LoadConfig {
     /// Seed for drawing users and candidates.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// After each run, send this many requests of the workload that ask for their own
+    /// stats, and print where their time went (per shard, per pipeline component).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub stats_sample: usize,
     /// Never draw a progress bar (it is drawn only on a terminal, outside CI, anyway).
     #[arg(long)]
     pub quiet: bool,

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod driver;
 mod report;
+mod sample;
 mod workload;
 
 use clap::Parser;
@@ -145,6 +146,16 @@ async fn main() -> ExitCode {
             Err(e) => return fail(e),
         };
         println!("{}", report.summary());
+        if cfg.stats_sample > 0 {
+            let ch = match client::connect(&cfg.target, 1).await {
+                Ok(mut c) => c.remove(0),
+                Err(e) => return fail(e),
+            };
+            match sample::sample(ch, w, &universe, cfg.stats_sample, cfg.seed, cfg.timeout).await {
+                Ok(s) => println!("{s}"),
+                Err(e) => return fail(e),
+            }
+        }
         if let Some(path) = &cfg.json {
             let line = serde_json::to_string(&report).expect("serialisable");
             let res = std::fs::OpenOptions::new()

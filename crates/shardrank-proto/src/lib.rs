@@ -13,6 +13,7 @@ pub mod v1 {
 
 pub mod admin;
 pub mod admission;
+pub mod otlp;
 pub mod serving;
 pub mod trace;
 

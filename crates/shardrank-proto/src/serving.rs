@@ -152,19 +152,47 @@ impl std::str::FromStr for LogFormat {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). Span fields (the request's
 /// trace id among them) are on every line logged inside the span.
 pub fn init_tracing(format: LogFormat) {
+    let _ = init_tracing_with(format, None);
+}
+
+/// Logging as [`init_tracing`], plus span export over OTLP when `otlp` is given. Keep the guard until exit and call
+/// its `shutdown` to flush. Must run inside the Tokio runtime.
+pub fn init_tracing_with(
+    format: LogFormat,
+    otlp: Option<crate::otlp::OtlpConfig>,
+) -> Result<Option<crate::otlp::OtlpGuard>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .boxed(),
     };
+    let (otel, guard) = match otlp {
+        Some(c) => {
+            let provider = crate::otlp::provider(c.endpoint, c.service, c.attributes)?;
+            use opentelemetry::trace::TracerProvider;
+            let tracer = provider.tracer(c.service.to_string());
+            (
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(crate::otlp::guard(provider)),
+            )
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .with(filter)
+        .try_init();
+    Ok(guard)
 }
 
 /// Prints `program: error: msg` and gives the exit code for a configuration or start-up

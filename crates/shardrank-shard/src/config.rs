@@ -41,6 +41,10 @@ pub struct ShardConfig {
     /// closed and the process exits.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub drain_secs: u64,
+    /// Export spans over OTLP/gRPC to this collector (e.g. http://otel-collector:4317);
+    /// off by default. Spans of one request share its W3C trace id across processes.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Log format on stderr: `text` or `json` (one object per line, with the request's
     /// trace id on every line logged for it). Filter with RUST_LOG.
     #[arg(long, default_value = "text", value_name = "FORMAT")]

@@ -20,7 +20,19 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cfg = ShardConfig::parse();
-    serving::init_tracing(cfg.log_format);
+    let otlp = match serving::init_tracing_with(
+        cfg.log_format,
+        cfg.otlp_endpoint
+            .as_deref()
+            .map(|endpoint| shardrank_proto::otlp::OtlpConfig {
+                endpoint,
+                service: "shardrank-shard",
+                attributes: vec![("shardrank.shard_index", cfg.shard_index.to_string())],
+            }),
+    ) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = cfg.validate() {
         return fail(e);
     }
@@ -157,7 +169,7 @@ async fn main() -> ExitCode {
         .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming(listener), shutdown.requested());
-    tokio::select! {
+    let code = tokio::select! {
         _ = shutdown.drain_expired(Duration::from_secs(cfg.drain_secs)) => ExitCode::SUCCESS,
         res = server => match res {
             Ok(()) => {
@@ -167,7 +179,11 @@ async fn main() -> ExitCode {
             Err(e) => fail(format!("server: {e}")),
         },
         e = load_failed => fail(format!("loading the partition: {e}")),
+    };
+    if let Some(g) = &otlp {
+        g.shutdown();
     }
+    code
 }
 
 fn incoming(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {

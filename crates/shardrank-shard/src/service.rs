@@ -87,6 +87,7 @@ impl Shard for ShardService {
         let deadline = shardrank_proto::serving::request_timeout(request.metadata())
             .map(|t| (Instant::now() + t, t));
         let span = tracing::info_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
+        shardrank_proto::otlp::link(&span, &trace);
         let res = self
             .rank_inner(request.into_inner(), deadline)
             .instrument(span.clone())
@@ -118,6 +119,7 @@ impl Shard for ShardService {
     ) -> Result<Response<RetrieveResponse>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
         let span = tracing::info_span!("shard_retrieve", trace_id = %trace.trace_hex(), shard = self.state.index);
+        shardrank_proto::otlp::link(&span, &trace);
         let res = self
             .retrieve_inner(request.into_inner())
             .instrument(span)
