@@ -47,6 +47,10 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let live = match cfg.data.live() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
     if let Some(dir) = &cfg.model_dir {
         if let Err(e) = Models::load_dir(dir) {
             return fail(format!("--model-dir: {e}"));
@@ -243,6 +247,15 @@ async fn main() -> ExitCode {
                 .inc();
         }),
     );
+    metrics.watermark_seconds.set(watermark_ms as f64 / 1e3);
+    if let Some((spec, rate)) = live {
+        tokio::spawn(shardrank_coordinator::users::run_live(
+            users.clone(),
+            metrics.clone(),
+            spec,
+            rate,
+        ));
+    }
     let env = make_env(shards, metrics.clone());
     let ranker = env.ranker.clone();
     let mut built = Vec::new();

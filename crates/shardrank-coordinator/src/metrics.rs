@@ -52,6 +52,11 @@ pub struct ComponentOutcome {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventType {
+    pub r#type: &'static str,
+}
+
 type Hist = Family<Rpc, Histogram, fn() -> Histogram>;
 type ShardHist = Family<Shard, Histogram, fn() -> Histogram>;
 
@@ -80,6 +85,8 @@ pub struct CoordinatorMetrics {
     pub requests_shed: Family<Rpc, Counter>,
     pub component_seconds: Family<ComponentLabel, Histogram, fn() -> Histogram>,
     pub component_outcomes: Family<ComponentOutcome, Counter>,
+    pub events_applied: Family<EventType, Counter>,
+    pub watermark_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl CoordinatorMetrics {
@@ -105,6 +112,8 @@ impl CoordinatorMetrics {
             requests_shed: Family::default(),
             component_seconds: Family::new_with_constructor(latency_buckets),
             component_outcomes: Family::default(),
+            events_applied: Family::default(),
+            watermark_seconds: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_coordinator");
         r.register(
@@ -204,6 +213,17 @@ impl CoordinatorMetrics {
             "component_outcomes",
             "Pipeline component runs by outcome (ok, failed, skipped by fail-open)",
             m.component_outcomes.clone(),
+        );
+        r.register(
+            "events_applied",
+            "Live events applied to the user store, by type",
+            m.events_applied.clone(),
+        );
+        r.register_with_unit(
+            "watermark",
+            "Event time of the newest event applied: the clock of features (Unix time)",
+            Unit::Seconds,
+            m.watermark_seconds.clone(),
         );
         m
     }

@@ -85,6 +85,25 @@ pub struct Social {
 }
 
 impl Event {
+    /// The event's type as the schema names it (`new_tweet`, `like`, `follow`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::User(_) => "user",
+            Event::NewTweet(_) => "new_tweet",
+            Event::Engagement(g) => match g.kind {
+                EngagementKind::Like => "like",
+                EngagementKind::Retweet => "retweet",
+                EngagementKind::Reply => "reply",
+            },
+            Event::Social(s) => match s.kind {
+                SocialKind::Follow => "follow",
+                SocialKind::Unfollow => "unfollow",
+                SocialKind::Block => "block",
+                SocialKind::Mute => "mute",
+            },
+        }
+    }
+
     /// The event's time (ms since the epoch).
     pub fn time(&self) -> i64 {
         match self {

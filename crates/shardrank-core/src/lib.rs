@@ -14,6 +14,7 @@ pub mod events;
 pub mod features;
 pub mod ids;
 pub mod lang;
+pub mod live;
 pub mod md5x8;
 pub mod model;
 pub mod rng;

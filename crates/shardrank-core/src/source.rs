@@ -25,6 +25,11 @@ pub struct DataArgs {
     /// line is still applied.
     #[arg(long)]
     pub strict: bool,
+    /// After loading, apply the built-in live event stream at this many events per
+    /// second (new posts, engagement, follows, blocks, mutes after the corpus' end; the
+    /// same stream on every process); 0 turns it off. Users come from --corpus.
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    pub live_events_per_sec: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +39,22 @@ pub enum Source {
 }
 
 impl DataArgs {
+    /// The live stream to run, if any: its corpus (for user ids) and rate.
+    pub fn live(&self) -> Result<Option<(CorpusSpec, f64)>, String> {
+        let r = self.live_events_per_sec;
+        if !(r.is_finite() && r >= 0.0) || r > 1_000_000.0 {
+            return Err(format!(
+                "--live-events-per-sec {r}: expected 0 (off) up to 1000000"
+            ));
+        }
+        if r == 0.0 {
+            return Ok(None);
+        }
+        let spec = CorpusSpec::named(&self.corpus, self.corpus_seed)
+            .ok_or_else(|| format!("--corpus {:?} is not a known corpus", self.corpus))?;
+        Ok(Some((spec, r)))
+    }
+
     /// The source these flags name; a file must exist and be readable.
     pub fn source(&self) -> Result<Source, String> {
         match &self.events {

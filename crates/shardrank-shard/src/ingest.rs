@@ -1,5 +1,6 @@
-//! Builds the partition from the start-up event source. Live streams (Kafka, the live
-//! generator) feed the same `PostStore::apply`.
+//! Builds the partition from the start-up event source, then keeps it current from the
+//! live stream (the built-in generator now; Kafka with the ingestion work) through the
+//! same `PostStore::apply`.
 
 use crate::store::{PostStore, APPLY_BATCH};
 use shardrank_core::events::{EventError, ReadReport};
@@ -34,4 +35,47 @@ pub fn load(
     store.apply_batch(&batch);
     store.finish_load();
     Ok((store, report))
+}
+
+/// Applies the built-in live stream to the loaded store, for ever: every 10 ms the events
+/// due by then, in one short write-locked batch (requests wait at most that long).
+pub async fn run_live(
+    state: std::sync::Arc<crate::service::ShardState>,
+    spec: shardrank_core::corpus::CorpusSpec,
+    rate: f64,
+) {
+    use crate::metrics::EventType;
+    let mut generator = shardrank_core::live::LiveGenerator::new(&spec, rate);
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = state.store.get() else {
+            continue;
+        };
+        let due = generator.due(start.elapsed().as_secs_f64());
+        let n = due.saturating_sub(generator.generated()).min(50_000);
+        if n == 0 {
+            continue;
+        }
+        let events: Vec<_> = (0..n).map(|_| generator.next_event()).collect();
+        let (posts, watermark) = {
+            let mut st = store.write().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                st.apply(e);
+            }
+            (st.len(), st.watermark_ms)
+        };
+        let m = &state.metrics;
+        for e in &events {
+            m.events_applied
+                .get_or_create(&EventType {
+                    r#type: e.type_name(),
+                })
+                .inc();
+        }
+        m.posts.set(posts as i64);
+        m.watermark_seconds.set(watermark as f64 / 1e3);
+    }
 }

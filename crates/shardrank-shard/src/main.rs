@@ -40,6 +40,10 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let live = match cfg.data.live() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
     let models = match &cfg.model_dir {
         Some(dir) => match Models::load_dir(dir) {
             Ok(m) => m,
@@ -121,6 +125,10 @@ async fn main() -> ExitCode {
                         "partition loaded: serving"
                     );
                     state.metrics.posts.set(store.len() as i64);
+                    state
+                        .metrics
+                        .watermark_seconds
+                        .set(store.watermark_ms as f64 / 1e3);
                     state.metrics.post_bytes.set(store.post_bytes() as i64);
                     let _ = state.store.set(RwLock::new(store));
                     health.set(true).await;
@@ -143,6 +151,9 @@ async fn main() -> ExitCode {
         }
     };
 
+    if let Some((spec, rate)) = live {
+        tokio::spawn(ingest::run_live(state.clone(), spec, rate));
+    }
     let shutdown = serving::Shutdown::on_signal(health.clone());
     let shed_state = state.clone();
     let admission = shardrank_proto::admission::Admission::new(

@@ -14,6 +14,12 @@ pub struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventType {
+    /// new_tweet, like, retweet, reply, follow, unfollow, block, mute, user.
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Stage {
     /// light or heavy.
     pub stage: &'static str,
@@ -29,6 +35,8 @@ pub struct ShardMetrics {
     pub truncated: Counter,
     pub events_malformed: Counter,
     pub retrieve_requests: Family<Code, Counter>,
+    pub events_applied: Family<EventType, Counter>,
+    pub watermark_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl ShardMetrics {
@@ -45,6 +53,8 @@ impl ShardMetrics {
             truncated: Counter::default(),
             events_malformed: Counter::default(),
             retrieve_requests: Family::default(),
+            events_applied: Family::default(),
+            watermark_seconds: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -93,6 +103,17 @@ impl ShardMetrics {
             "retrieve_requests",
             "Retrieve (timeline candidate source) requests by gRPC status code",
             m.retrieve_requests.clone(),
+        );
+        r.register(
+            "events_applied",
+            "Live events applied to this partition's store, by type",
+            m.events_applied.clone(),
+        );
+        r.register_with_unit(
+            "watermark",
+            "Event time of the newest event applied (Unix time)",
+            Unit::Seconds,
+            m.watermark_seconds.clone(),
         );
         m
     }
