@@ -47,13 +47,20 @@ impl ShardHandle {
         })
     }
 
-    /// One Rank call bounded by `timeout` (sent to the shard as grpc-timeout too).
-    pub async fn rank(
+    /// One call bounded by `timeout` (sent to the shard as grpc-timeout too), with the
+    /// trace context in its metadata. Errors name the shard and replica; a timeout is
+    /// DEADLINE_EXCEEDED whichever timer saw it first.
+    async fn call<Req, Resp, F, Fut>(
         &self,
-        req: ShardRankRequest,
+        req: Req,
         timeout: Duration,
         trace: TraceContext,
-    ) -> Result<ShardRankResponse, tonic::Status> {
+        send: F,
+    ) -> Result<Resp, tonic::Status>
+    where
+        F: FnOnce(ShardClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let mut request = tonic::Request::new(req);
         request.set_timeout(timeout);
         if let Ok(v) = trace.header().parse() {
@@ -61,14 +68,13 @@ impl ShardHandle {
                 .metadata_mut()
                 .insert(shardrank_proto::trace::HEADER, v);
         }
-        let mut client = self.client.clone();
         let late = || {
             tonic::Status::deadline_exceeded(format!(
-                "shard {} ({}) did not answer within {timeout:?}",
+                "shard {} at {} did not answer within {timeout:?}",
                 self.index, self.url
             ))
         };
-        match tokio::time::timeout(timeout, client.rank(request)).await {
+        match tokio::time::timeout(timeout, send(self.client.clone(), request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             // tonic's own client timer reports CANCELLED "Timeout expired": the same event.
             Ok(Err(s)) if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout") => {
@@ -76,10 +82,26 @@ impl ShardHandle {
             }
             Ok(Err(s)) => Err(tonic::Status::new(
                 s.code(),
-                format!("{} ({}): {}", self.index, self.url, s.message()),
+                format!("shard {} at {}: {}", self.index, self.url, s.message()),
             )),
             Err(_) => Err(late()),
         }
+    }
+
+    /// One Rank call bounded by `timeout`.
+    pub async fn rank(
+        &self,
+        req: ShardRankRequest,
+        timeout: Duration,
+        trace: TraceContext,
+    ) -> Result<ShardRankResponse, tonic::Status> {
+        self.call(
+            req,
+            timeout,
+            trace,
+            |mut c, r| async move { c.rank(r).await },
+        )
+        .await
     }
 
     /// One Retrieve call bounded by `timeout`.
@@ -89,21 +111,10 @@ impl ShardHandle {
         timeout: Duration,
         trace: TraceContext,
     ) -> Result<RetrieveResponse, tonic::Status> {
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(timeout);
-        if let Ok(v) = trace.header().parse() {
-            request
-                .metadata_mut()
-                .insert(shardrank_proto::trace::HEADER, v);
-        }
-        let mut client = self.client.clone();
-        match tokio::time::timeout(timeout, client.retrieve(request)).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "shard {} ({}) did not answer within {timeout:?}",
-                self.index, self.url
-            ))),
-        }
+        self.call(req, timeout, trace, |mut c, r| async move {
+            c.retrieve(r).await
+        })
+        .await
     }
 
     /// One health check: the replica answers `Info` within `timeout`, is loaded, and has

@@ -163,12 +163,10 @@ pub async fn run_live(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let due = generator.due(start.elapsed().as_secs_f64());
-        let n = due.saturating_sub(generator.generated()).min(50_000);
-        if n == 0 {
+        let events = generator.take_due(start.elapsed().as_secs_f64(), 50_000);
+        if events.is_empty() {
             continue;
         }
-        let events: Vec<Event> = (0..n).map(|_| generator.next_event()).collect();
         let watermark = {
             let mut u = users.write().unwrap_or_else(|p| p.into_inner());
             for e in &events {

@@ -46,6 +46,13 @@ impl LiveGenerator {
         (elapsed_secs * self.rate).floor().max(0.0) as u64
     }
 
+    /// The events due after `elapsed_secs` of wall time that were not taken yet, at most
+    /// `max` (a process that fell behind catches up in bounded batches).
+    pub fn take_due(&mut self, elapsed_secs: f64, max: u64) -> Vec<Event> {
+        let n = self.due(elapsed_secs).saturating_sub(self.k).min(max);
+        (0..n).map(|_| self.next_event()).collect()
+    }
+
     /// Events generated so far.
     pub fn generated(&self) -> u64 {
         self.k
@@ -146,5 +153,10 @@ mod tests {
             "{posts} {engaged} {social}"
         );
         assert_eq!(a.due(1.5), 150);
+        let mut c = LiveGenerator::new(&spec, 100.0);
+        assert_eq!(c.take_due(0.5, 1000).len(), 50);
+        assert_eq!(c.take_due(0.5, 1000).len(), 0, "taken once");
+        assert_eq!(c.take_due(2.0, 100).len(), 100, "bounded batches");
+        assert_eq!(c.generated(), 150);
     }
 }
