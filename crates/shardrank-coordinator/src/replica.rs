@@ -234,10 +234,6 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     pub fn finish(mut self, code: tonic::Code) -> Duration {
         self.finished = true;
         let took = self.started.elapsed();
