@@ -258,6 +258,17 @@ impl Cluster {
         data: &[&str],
         coordinator_args: &[&str],
     ) -> Cluster {
+        Self::start_full(n, replicas, data, &[], coordinator_args).await
+    }
+
+    /// As [`Cluster::start_replicated`], with flags for the shards only too.
+    pub async fn start_full(
+        n: u32,
+        replicas: u32,
+        data: &[&str],
+        shard_flags: &[&str],
+        coordinator_args: &[&str],
+    ) -> Cluster {
         let dir = scratch_dir("cluster");
         let data: Vec<String> = data.iter().map(|s| s.to_string()).collect();
         let mut shards = Vec::new();
@@ -280,6 +291,7 @@ impl Cluster {
                 n.to_string(),
             ];
             args.extend(data.iter().cloned());
+            args.extend(shard_flags.iter().map(|a| a.to_string()));
             shards.push(Proc::spawn(
                 "shardrank-shard",
                 &args,

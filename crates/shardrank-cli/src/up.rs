@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Events file every process loads instead of a corpus.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// Shards keep snapshots of their partitions here (--snapshot-dir): a second `up`
+    /// with the same data starts the shards from them in a fraction of the time.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Model directory passed to every process.
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
@@ -234,6 +238,9 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
                 a.shards.to_string(),
             ];
             args.extend(data.iter().cloned());
+            if let Some(d) = &a.snapshot_dir {
+                args.extend(["--snapshot-dir".into(), d.display().to_string()]);
+            }
             let (log, name) = if a.replicas == 1 {
                 (format!("shard-{i}.log"), format!("shard {i}"))
             } else {

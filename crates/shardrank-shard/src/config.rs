@@ -37,6 +37,14 @@ pub struct ShardConfig {
     /// queueing into a timeout.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_in_flight: usize,
+    /// Keep a snapshot of the partition here: loaded at start-up instead of replaying the
+    /// source when it matches (layout, source, checksum), written after a rebuild and,
+    /// with the live stream, every --snapshot-interval-secs with the stream position.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// With the live stream and --snapshot-dir: how often to snapshot.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub snapshot_interval_secs: u64,
     /// On SIGTERM, how long in-flight requests may take before open connections are
     /// closed and the process exits.
     #[arg(long, default_value_t = 10, value_name = "SECS")]

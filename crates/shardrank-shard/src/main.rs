@@ -44,6 +44,11 @@ async fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    if let Some(dir) = &cfg.snapshot_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return fail(format!("--snapshot-dir {}: {e}", dir.display()));
+        }
+    }
     let models = match &cfg.model_dir {
         Some(dir) => match Models::load_dir(dir) {
             Ok(m) => m,
@@ -92,6 +97,7 @@ async fn main() -> ExitCode {
         models,
         source: source.describe(),
         store: OnceLock::new(),
+        live_position: Default::default(),
     });
     let (health, health_service) =
         serving::health(shardrank_proto::SHARD_SERVICE, Some(admin)).await;
@@ -105,16 +111,31 @@ async fn main() -> ExitCode {
         let health = health.clone();
         let (index, n) = (cfg.shard_index, cfg.num_shards);
         let light = state.models.light.clone();
+        let snapshot_dir = cfg.snapshot_dir.clone();
+        let source = source.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let res =
-                tokio::task::spawn_blocking(move || ingest::load(&source, index, n, light)).await;
+            let res = tokio::task::spawn_blocking(move || {
+                ingest::load_or_restore(&source, index, n, light, snapshot_dir.as_deref())
+            })
+            .await;
             match res {
-                Ok(Ok((store, report))) => {
+                Ok(Ok(loaded)) => {
+                    let ingest::Loaded {
+                        store,
+                        report,
+                        live_position,
+                        restored,
+                    } = loaded;
+                    state
+                        .live_position
+                        .store(live_position, std::sync::atomic::Ordering::Release);
                     report.log_skipped();
                     state.metrics.events_malformed.inc_by(report.malformed);
                     tracing::info!(
                         malformed_lines = report.malformed,
+                        from_snapshot = restored,
+                        live_position,
                         posts = store.len(),
                         authors = store.authors.len(),
                         events = store.stats.events,
@@ -130,6 +151,10 @@ async fn main() -> ExitCode {
                         .watermark_seconds
                         .set(store.watermark_ms as f64 / 1e3);
                     state.metrics.post_bytes.set(store.post_bytes() as i64);
+                    state
+                        .metrics
+                        .duplicate_posts
+                        .set(store.stats.duplicate_posts as i64);
                     let _ = state.store.set(RwLock::new(store));
                     health.set(true).await;
                     let _ = load_done_tx.send(Ok(()));
@@ -152,7 +177,12 @@ async fn main() -> ExitCode {
     };
 
     if let Some((spec, rate)) = live {
-        tokio::spawn(ingest::run_live(state.clone(), spec, rate));
+        let snapshots = cfg.snapshot_dir.clone().map(|dir| ingest::LiveSnapshots {
+            dir,
+            every: Duration::from_secs(cfg.snapshot_interval_secs.max(1)),
+            source: source.clone(),
+        });
+        tokio::spawn(ingest::run_live(state.clone(), spec, rate, snapshots));
     }
     let shutdown = serving::Shutdown::on_signal(health.clone());
     let shed_state = state.clone();

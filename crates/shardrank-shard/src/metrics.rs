@@ -37,6 +37,7 @@ pub struct ShardMetrics {
     pub retrieve_requests: Family<Code, Counter>,
     pub events_applied: Family<EventType, Counter>,
     pub watermark_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub duplicate_posts: Gauge,
 }
 
 impl ShardMetrics {
@@ -55,6 +56,7 @@ impl ShardMetrics {
             retrieve_requests: Family::default(),
             events_applied: Family::default(),
             watermark_seconds: Gauge::default(),
+            duplicate_posts: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -114,6 +116,11 @@ impl ShardMetrics {
             "Event time of the newest event applied (Unix time)",
             Unit::Seconds,
             m.watermark_seconds.clone(),
+        );
+        r.register(
+            "duplicate_posts",
+            "new_tweet events for a post the partition already holds (ignored): a replayed stream",
+            m.duplicate_posts.clone(),
         );
         m
     }

@@ -29,6 +29,8 @@ pub struct ShardState {
     pub models: Models,
     pub source: String,
     pub store: OnceLock<RwLock<PostStore>>,
+    /// Live-stream events the store held when it was loaded (from a snapshot).
+    pub live_position: std::sync::atomic::AtomicU64,
 }
 
 /// Requests up to this many candidates are ranked on the async worker itself.

@@ -8,6 +8,9 @@
 //! hears of (not only its partition's), so author features are global and identical on
 //! every shard.
 
+mod snapshot;
+pub use snapshot::{path as snapshot_path, SnapshotMeta};
+
 use crate::index::IdIndex;
 use shardrank_core::events::{EngagementKind, Event, NewTweet, SocialKind};
 use shardrank_core::features::{light_parts, PostView};

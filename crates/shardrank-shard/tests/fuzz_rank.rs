@@ -33,6 +33,7 @@ fn service() -> &'static (ShardService, Vec<u64>) {
             models,
             source: "tiny".into(),
             store: OnceLock::new(),
+            live_position: Default::default(),
         };
         let _ = state.store.set(RwLock::new(store));
         (
