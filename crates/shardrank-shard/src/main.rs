@@ -44,11 +44,6 @@ async fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    if let Some(dir) = &cfg.snapshot_dir {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return fail(format!("--snapshot-dir {}: {e}", dir.display()));
-        }
-    }
     let models = match &cfg.model_dir {
         Some(dir) => match Models::load_dir(dir) {
             Ok(m) => m,
@@ -67,6 +62,12 @@ async fn main() -> ExitCode {
                 .map_or("built-in".to_string(), |d| d.display().to_string())
         );
         return ExitCode::SUCCESS;
+    }
+    // Created here, not in check mode: a check changes nothing on the machine.
+    if let Some(dir) = &cfg.snapshot_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return fail(format!("--snapshot-dir {}: {e}", dir.display()));
+        }
     }
     let admin_addr = match admin::admin_addr(cfg.admin_listen.as_deref(), cfg.listen) {
         Ok(a) => a,
