@@ -90,6 +90,45 @@ impl CoordinatorService {
     }
 }
 
+impl CoordinatorService {
+    /// What every RPC does around its work: runs it in its span, counts a cancelled
+    /// request, records the outcome by gRPC code and the latency, logs a failure.
+    async fn observe<T>(
+        &self,
+        rpc: &'static str,
+        span: tracing::Span,
+        work: impl std::future::Future<Output = Result<T, CoordinatorError>>,
+    ) -> Result<T, Status> {
+        let m = &self.ranker.metrics;
+        let started = std::time::Instant::now();
+        let mut guard = CancelGuard {
+            metrics: m,
+            rpc,
+            done: false,
+        };
+        let res = work.instrument(span.clone()).await;
+        guard.done = true;
+        let code = res
+            .as_ref()
+            .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
+        m.requests
+            .get_or_create(&RpcCode {
+                rpc,
+                code: code_label(code),
+            })
+            .inc();
+        m.request_seconds
+            .get_or_create(&Rpc { rpc })
+            .observe(started.elapsed().as_secs_f64());
+        res.map_err(|e| {
+            // "rank failed", "timeline failed": what operators search the logs for.
+            let what = rpc.to_lowercase();
+            span.in_scope(|| tracing::info!(error = %e, code = ?e.grpc_code(), "{what} failed"));
+            e.into()
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
@@ -109,43 +148,14 @@ impl Coordinator for CoordinatorService {
         shardrank_proto::otlp::link(&span, &trace);
         let _ = span
             .in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "rank request"));
-        let m = &self.ranker.metrics;
-        m.candidates.observe(n as f64);
-        let started = std::time::Instant::now();
-        let mut guard = CancelGuard {
-            metrics: m,
-            rpc: "Rank",
-            done: false,
-        };
-        let res = self
-            .run_rank(req, deadline, trace)
-            .instrument(span.clone())
-            .await;
-        guard.done = true;
-        let code = res
-            .as_ref()
-            .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
-        m.requests
-            .get_or_create(&RpcCode {
-                rpc: "Rank",
-                code: code_label(code),
-            })
-            .inc();
-        m.request_seconds
-            .get_or_create(&Rpc { rpc: "Rank" })
-            .observe(started.elapsed().as_secs_f64());
-        match res {
-            Ok(resp) => {
-                if !resp.missing_shards.is_empty() {
-                    m.partial_answers.inc();
-                }
-                Ok(Response::new(resp))
-            }
-            Err(e) => {
-                span.in_scope(|| tracing::info!(error = %e, code = ?e.grpc_code(), "rank failed"));
-                Err(e.into())
-            }
+        self.ranker.metrics.candidates.observe(n as f64);
+        let resp = self
+            .observe("Rank", span, self.run_rank(req, deadline, trace))
+            .await?;
+        if !resp.missing_shards.is_empty() {
+            self.ranker.metrics.partial_answers.inc();
         }
+        Ok(Response::new(resp))
     }
 
     async fn timeline(
@@ -163,39 +173,12 @@ impl Coordinator for CoordinatorService {
             limit = req.limit
         );
         shardrank_proto::otlp::link(&span, &trace);
-        let m = &self.ranker.metrics;
-        let started = std::time::Instant::now();
-        let mut guard = CancelGuard {
-            metrics: m,
-            rpc: "Timeline",
-            done: false,
-        };
-        let res = self
-            .timeline
-            .timeline(req, deadline, trace)
-            .instrument(span.clone())
-            .await;
-        guard.done = true;
-        let code = res
-            .as_ref()
-            .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok);
-        m.requests
-            .get_or_create(&RpcCode {
-                rpc: "Timeline",
-                code: code_label(code),
-            })
-            .inc();
-        m.request_seconds
-            .get_or_create(&Rpc { rpc: "Timeline" })
-            .observe(started.elapsed().as_secs_f64());
-        match res {
-            Ok(resp) => Ok(Response::new(resp)),
-            Err(e) => {
-                span.in_scope(
-                    || tracing::info!(error = %e, code = ?e.grpc_code(), "timeline failed"),
-                );
-                Err(e.into())
-            }
-        }
+        self.observe(
+            "Timeline",
+            span,
+            self.timeline.timeline(req, deadline, trace),
+        )
+        .await
+        .map(Response::new)
     }
 }
