@@ -167,14 +167,21 @@ pub async fn run_live(
         if events.is_empty() {
             continue;
         }
-        let (posts, watermark, duplicates) = {
+        let (posts, watermark, duplicates, late) = {
             let mut st = store.write().unwrap_or_else(|p| p.into_inner());
             for e in &events {
                 st.apply(e);
             }
-            (st.len(), st.watermark_ms, st.stats.duplicate_posts)
+            let s = &st.stats;
+            (
+                st.len(),
+                st.watermark_ms,
+                s.duplicate_posts,
+                s.late_engagements,
+            )
         };
         state.metrics.duplicate_posts.set(duplicates as i64);
+        state.metrics.late_events.set(late as i64);
         let m = &state.metrics;
         for e in &events {
             m.events_applied

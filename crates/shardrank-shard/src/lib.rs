@@ -16,3 +16,4 @@ pub mod rank;
 pub mod retrieve;
 pub mod service;
 pub mod store;
+pub mod windows;

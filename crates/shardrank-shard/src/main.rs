@@ -156,6 +156,10 @@ async fn main() -> ExitCode {
                         .metrics
                         .duplicate_posts
                         .set(store.stats.duplicate_posts as i64);
+                    state
+                        .metrics
+                        .late_events
+                        .set(store.stats.late_engagements as i64);
                     let _ = state.store.set(RwLock::new(store));
                     health.set(true).await;
                     let _ = load_done_tx.send(Ok(()));

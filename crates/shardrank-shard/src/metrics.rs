@@ -38,6 +38,7 @@ pub struct ShardMetrics {
     pub events_applied: Family<EventType, Counter>,
     pub watermark_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub duplicate_posts: Gauge,
+    pub late_events: Gauge,
 }
 
 impl ShardMetrics {
@@ -57,6 +58,7 @@ impl ShardMetrics {
             events_applied: Family::default(),
             watermark_seconds: Gauge::default(),
             duplicate_posts: Gauge::default(),
+            late_events: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -121,6 +123,11 @@ impl ShardMetrics {
             "duplicate_posts",
             "new_tweet events for a post the partition already holds (ignored): a replayed stream",
             m.duplicate_posts.clone(),
+        );
+        r.register(
+            "late_events",
+            "Engagements older than the kept 60-second windows (left out of the velocity)",
+            m.late_events.clone(),
         );
         m
     }

@@ -5,8 +5,8 @@
 //! - in-network: posts by followed authors, newest first (score: creation time);
 //! - out-of-network: posts by authors outside the follow graph whose interest cluster is
 //!   one of the user's, scored by the user's weight for that cluster, decayed with age;
-//! - trending: posts engaged with in the stream, by engagement per hour of age with a
-//!   gravity (Hacker News' rank), so that fast engagement of a new post wins.
+//! - trending: posts by engagement velocity, the engagements of their last five
+//!   60-second windows (see [`crate::windows`]), newer first on a tie.
 
 use crate::rank::RequestUser;
 use crate::store::PostStore;
@@ -92,11 +92,11 @@ pub fn retrieve(store: &PostStore, p: &Params) -> (Vec<Found>, usize) {
                 }
             }
             Source::Trending => {
-                let engaged = store.streamed[row as usize];
-                if engaged == 0 {
+                let velocity = store.windows[row as usize].velocity(p.now_ms);
+                if velocity == 0 {
                     continue;
                 }
-                engaged as f32 / (age_h + 2.0).powf(1.5)
+                velocity as f32 - age_h * 1e-3
             }
         };
         if !score.is_finite() {
@@ -191,6 +191,15 @@ mod tests {
         for w in got.windows(2) {
             assert!(w[0].score >= w[1].score);
         }
-        assert!(got.iter().all(|f| s.streamed[f.row as usize] > 0));
+        let v = |f: &Found| s.windows[f.row as usize].velocity(CORPUS_END_MS);
+        assert!(got.iter().all(|f| v(f) > 0));
+        // Nothing left out beats the last one in.
+        let last = v(got.last().unwrap());
+        let since = CORPUS_END_MS - 2 * 86_400_000;
+        let better = (0..s.len())
+            .filter(|&r| s.hot[r].created_at >= since)
+            .filter(|&r| s.windows[r].velocity(CORPUS_END_MS) > last)
+            .count();
+        assert!(better < 50, "{better}");
     }
 }

@@ -100,6 +100,8 @@ pub struct IngestStats {
     pub engagements_applied: u64,
     /// Engagements with a tweet this shard owns but has not seen (yet).
     pub orphan_engagements: u64,
+    /// Engagements older than the kept windows (counted in the totals, not the windows).
+    pub late_engagements: u64,
 }
 
 pub struct PostStore {
@@ -113,6 +115,8 @@ pub struct PostStore {
     pub retweets: Vec<u32>,
     pub replies: Vec<u32>,
     pub streamed: Vec<u32>,
+    /// Engagement per post over the last ten 60-second windows (trending's velocity).
+    pub windows: Vec<crate::windows::Windows>,
     pub authors: Authors,
     light: LightModel,
     /// While false (a bulk load), light parts are left stale and computed once at the end.
@@ -135,6 +139,7 @@ impl PostStore {
             retweets: Vec::new(),
             replies: Vec::new(),
             streamed: Vec::new(),
+            windows: Vec::new(),
             authors: Authors::default(),
             light,
             live: true,
@@ -153,6 +158,7 @@ impl PostStore {
         self.retweets.reserve(posts);
         self.replies.reserve(posts);
         self.streamed.reserve(posts);
+        self.windows.reserve(posts);
     }
 
     /// Starts a bulk load: derived parts are computed once, by [`Self::finish_load`].
@@ -327,6 +333,9 @@ impl PostStore {
                 };
                 *c = c.saturating_add(1);
                 self.streamed[r] = self.streamed[r].saturating_add(1);
+                if !self.windows[r].add(g.timestamp, self.watermark_ms) {
+                    self.stats.late_engagements += 1;
+                }
                 self.stats.engagements_applied += 1;
                 if self.live {
                     self.refresh_post(r);
@@ -367,6 +376,7 @@ impl PostStore {
         self.retweets.push(t.retweets);
         self.replies.push(t.replies);
         self.streamed.push(0);
+        self.windows.push(Default::default());
         self.stats.posts_added += 1;
         if self.live {
             self.refresh_author(a as usize);
@@ -377,7 +387,11 @@ impl PostStore {
     /// Bytes held for posts: rows at their capacity plus the index. Authors are
     /// reported apart, as they do not scale with posts.
     pub fn post_bytes(&self) -> usize {
-        let per_row = 8 + std::mem::size_of::<Hot>() + 2 + 4 * 4;
+        let per_row = 8
+            + std::mem::size_of::<Hot>()
+            + 2
+            + 4 * 4
+            + std::mem::size_of::<crate::windows::Windows>();
         self.ids.capacity() * per_row + self.index.bytes()
     }
 

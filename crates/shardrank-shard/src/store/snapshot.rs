@@ -14,7 +14,7 @@ use shardrank_core::model::LightModel;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"SRSNAP01";
+const MAGIC: &[u8; 8] = b"SRSNAP02";
 
 /// What a snapshot is of, besides the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +111,7 @@ impl PostStore {
                 s.duplicate_posts,
                 s.engagements_applied,
                 s.orphan_engagements,
+                s.late_engagements,
             ] {
                 w.put(&x.to_le_bytes())?;
             }
@@ -125,6 +126,10 @@ impl PostStore {
             put_col!(w, &self.retweets);
             put_col!(w, &self.replies);
             put_col!(w, &self.streamed);
+            put_col!(w, self.windows.iter().map(|x| x.newest));
+            for x in &self.windows {
+                put_col!(w, x.counts);
+            }
             let a = &self.authors;
             w.put(&(a.len() as u64).to_le_bytes())?;
             put_col!(w, &a.ids);
@@ -178,7 +183,7 @@ impl PostStore {
         let live_position = u64::from_le_bytes(r.take()?);
         let mut store = PostStore::new(index, num_shards, light);
         store.watermark_ms = i64::from_le_bytes(r.take()?);
-        let mut counts = [0u64; 5];
+        let mut counts = [0u64; 6];
         for c in &mut counts {
             *c = u64::from_le_bytes(r.take()?);
         }
@@ -188,6 +193,7 @@ impl PostStore {
             duplicate_posts: counts[2],
             engagements_applied: counts[3],
             orphan_engagements: counts[4],
+            late_engagements: counts[5],
         };
         let n = u64::from_le_bytes(r.take()?) as usize;
         // A bound before allocating: a corrupt count must not ask for terabytes.
@@ -216,6 +222,17 @@ impl PostStore {
         store.retweets = take_col!(r, u32, n);
         store.replies = take_col!(r, u32, n);
         store.streamed = take_col!(r, u32, n);
+        let newest = take_col!(r, i32, n);
+        store.windows = Vec::with_capacity(n);
+        for &newest in &newest {
+            let mut counts = [0u16; crate::windows::KEPT as usize];
+            for c in &mut counts {
+                *c = u16::from_le_bytes(r.take()?);
+            }
+            store
+                .windows
+                .push(crate::windows::Windows { newest, counts });
+        }
         let na = u64::from_le_bytes(r.take()?) as usize;
         if na > file_len / 8 {
             return Err(bad(format!("author count {na} does not fit the file")));
@@ -303,6 +320,7 @@ mod tests {
             );
             assert_eq!(t.row(s.ids[r]), Some(r as u32));
         }
+        assert_eq!(t.windows, s.windows);
         assert_eq!(t.authors.ids, s.authors.ids);
         assert_eq!(t.authors.light_part, s.authors.light_part);
         for (a, &id) in s.authors.ids.iter().enumerate() {
