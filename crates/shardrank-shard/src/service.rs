@@ -79,6 +79,21 @@ impl ShardService {
     }
 }
 
+/// Counts a request's outcome under its gRPC code.
+fn count_by_code<T>(
+    family: &prometheus_client::metrics::family::Family<
+        Code,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    res: &Result<T, ShardError>,
+) {
+    let code = shardrank_proto::admin::code_label(
+        res.as_ref()
+            .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok),
+    );
+    family.get_or_create(&Code { code }).inc();
+}
+
 #[tonic::async_trait]
 impl Shard for ShardService {
     async fn rank(
@@ -103,15 +118,7 @@ impl Shard for ShardService {
             ),
             Err(e) => tracing::info!(error = %e, "rank refused"),
         });
-        let code = shardrank_proto::admin::code_label(
-            res.as_ref()
-                .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok),
-        );
-        self.state
-            .metrics
-            .requests
-            .get_or_create(&Code { code })
-            .inc();
+        count_by_code(&self.state.metrics.requests, &res);
         res.map(Response::new).map_err(Status::from)
     }
 
@@ -124,17 +131,12 @@ impl Shard for ShardService {
         shardrank_proto::otlp::link(&span, &trace);
         let res = self
             .retrieve_inner(request.into_inner())
-            .instrument(span)
+            .instrument(span.clone())
             .await;
-        let code = shardrank_proto::admin::code_label(
-            res.as_ref()
-                .map_or_else(|e| e.grpc_code(), |_| tonic::Code::Ok),
-        );
-        self.state
-            .metrics
-            .retrieve_requests
-            .get_or_create(&Code { code })
-            .inc();
+        if let Err(e) = &res {
+            span.in_scope(|| tracing::info!(error = %e, "retrieve refused"));
+        }
+        count_by_code(&self.state.metrics.retrieve_requests, &res);
         res.map(Response::new).map_err(Status::from)
     }
 
