@@ -56,6 +56,27 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An outcome of phases named and measured in order, nothing else noted yet.
+    fn of(
+        name: impl Into<String>,
+        cluster: &str,
+        phases: [(&str, Value); 3],
+        counters: BTreeMap<String, f64>,
+    ) -> Self {
+        Outcome {
+            name: name.into(),
+            cluster: cluster.into(),
+            phases: phases
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+            counters,
+            notes: Vec::new(),
+            recovery: None,
+            peak_rss: None,
+        }
+    }
+
     pub fn phase(&self, name: &str) -> &Value {
         &self
             .phases
@@ -291,14 +312,6 @@ pub async fn kill_shard(setup: &Setup) -> Outcome {
     let recovered = until_full(&c, setup, Duration::from_secs(120)).await;
     let after = phase(&c, setup, setup.rate, setup.phase).await;
     Outcome {
-        name: "kill -9 one shard, then restart it".into(),
-        cluster: "4x1".into(),
-        phases: vec![
-            ("before".into(), before),
-            ("during".into(), during),
-            ("after restart".into(), after),
-        ],
-        counters: delta(counters(&c).await, &c0),
         notes: vec![match recovered {
             Some(d) => format!(
                 "full answers again {:.2} s after the restart (coordinator untouched)",
@@ -307,7 +320,16 @@ pub async fn kill_shard(setup: &Setup) -> Outcome {
             None => "no full answer within 120 s of the restart".into(),
         }],
         recovery: recovered,
-        peak_rss: None,
+        ..Outcome::of(
+            "kill -9 one shard, then restart it",
+            "4x1",
+            [
+                ("before", before),
+                ("during", during),
+                ("after restart", after),
+            ],
+            delta(counters(&c).await, &c0),
+        )
     }
 }
 
@@ -322,19 +344,12 @@ pub async fn kill_replica(setup: &Setup) -> Outcome {
     })
     .await;
     let after = phase(&c, setup, setup.rate, setup.phase).await;
-    Outcome {
-        name: "kill -9 one replica".into(),
-        cluster: "4x2".into(),
-        phases: vec![
-            ("before".into(), before),
-            ("during".into(), during),
-            ("after".into(), after),
-        ],
-        counters: delta(counters(&c).await, &c0),
-        notes: vec![],
-        recovery: None,
-        peak_rss: None,
-    }
+    Outcome::of(
+        "kill -9 one replica",
+        "4x2",
+        [("before", before), ("during", during), ("after", after)],
+        delta(counters(&c).await, &c0),
+    )
 }
 
 /// SIGSTOP one replica for `setup.stall` under load (a stall, not a crash), then
@@ -356,23 +371,16 @@ pub async fn stall_replica(setup: &Setup, hedging: bool) -> Outcome {
     .await;
     c.signal_shard(victim, "CONT");
     let after = phase(&c, setup, setup.rate, setup.phase).await;
-    Outcome {
-        name: format!(
+    Outcome::of(
+        format!(
             "SIGSTOP one replica for {} s, hedging {}",
             setup.stall.as_secs(),
             if hedging { "on" } else { "off" }
         ),
-        cluster: "4x2".into(),
-        phases: vec![
-            ("before".into(), before),
-            ("during".into(), during),
-            ("after".into(), after),
-        ],
-        counters: delta(counters(&c).await, &c0),
-        notes: vec![],
-        recovery: None,
-        peak_rss: None,
-    }
+        "4x2",
+        [("before", before), ("during", during), ("after", after)],
+        delta(counters(&c).await, &c0),
+    )
 }
 
 /// 10x the sustainable rate for `setup.overload`, with normal load before and after.
@@ -388,23 +396,20 @@ pub async fn overload(setup: &Setup) -> Outcome {
     let rss_during = peak_rss(pid).unwrap_or(0);
     let after = phase(&c, setup, normal, setup.phase).await;
     Outcome {
-        name: format!(
-            "10x the sustainable rate ({cap:.0}/s) for {} s",
-            setup.overload.as_secs()
-        ),
-        cluster: "4x1".into(),
-        phases: vec![
-            ("before".into(), before),
-            ("10x".into(), during),
-            ("after".into(), after),
-        ],
-        counters: delta(counters(&c).await, &c0),
         notes: vec![format!(
             "coordinator peak RSS {:.0} MiB before the overload, {:.0} MiB after it",
             rss_before as f64 / 1048576.0,
             rss_during as f64 / 1048576.0
         )],
-        recovery: None,
         peak_rss: Some((rss_before, rss_during)),
+        ..Outcome::of(
+            format!(
+                "10x the sustainable rate ({cap:.0}/s) for {} s",
+                setup.overload.as_secs()
+            ),
+            "4x1",
+            [("before", before), ("10x", during), ("after", after)],
+            delta(counters(&c).await, &c0),
+        )
     }
 }
