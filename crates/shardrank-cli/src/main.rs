@@ -6,7 +6,9 @@
 //!   starting point for a model directory (`--model-dir`).
 //! - `shardrank rank`: sends Rank requests to a coordinator and prints the answers.
 //! - `shardrank up`: a whole cluster as local processes, until Ctrl-C.
+//! - `shardrank produce`: loads an events file into Kafka with the md5 partitioner.
 
+mod produce;
 mod rank;
 mod timeline;
 mod up;
@@ -46,6 +48,9 @@ enum Command {
     Timeline(timeline::TimelineArgs),
     /// Start a local cluster (shards and a coordinator on loopback) until Ctrl-C.
     Up(up::UpArgs),
+    /// Load an events file into Kafka: the post topic partitioned by the shards' md5
+    /// routing, the user topic by user; topics created with N partitions if missing.
+    Produce(produce::ProduceArgs),
     /// Wait until a server's health check says SERVING (exit 0), or time out (exit 2).
     Wait {
         /// The server's URL.
@@ -126,6 +131,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Rank(args) => block_on(rank::run(args)),
         Command::Up(args) => block_on(up::run(args)),
+        Command::Produce(args) => block_on(produce::run(args)),
         Command::Timeline(args) => block_on(timeline::run(args)),
         Command::Wait { target, timeout_secs } => block_on(async move {
             let t0 = std::time::Instant::now();

@@ -299,6 +299,18 @@ pub fn parse_line(text: &str, line_no: u64) -> Result<Parsed, EventError> {
     Ok(ev)
 }
 
+/// Parses one event given alone (a Kafka message's value): the error says what is wrong,
+/// without a line number (the caller names the message's offset).
+pub fn parse_event(bytes: &[u8]) -> Result<Event, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
+    match parse_line(text.trim(), 0) {
+        Ok(Parsed::Event(e)) => Ok(e),
+        Ok(Parsed::Header { .. }) => Err("a schema header, not an event".into()),
+        Err(EventError::Malformed { msg, .. }) => Err(msg),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What a reader does with a malformed line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnMalformed {
@@ -321,6 +333,20 @@ pub struct ReadReport {
 
 impl ReadReport {
     pub const KEPT: usize = 100;
+
+    /// Prints the skipped lines (the kept ones, each with its number) to stderr, for a
+    /// command-line tool.
+    pub fn log_skipped_to_stderr(&self) {
+        for line in &self.skipped {
+            eprintln!("skipped a malformed events line: {line}");
+        }
+        if self.malformed as usize > self.skipped.len() {
+            eprintln!(
+                "... and {} more malformed lines",
+                self.malformed as usize - self.skipped.len()
+            );
+        }
+    }
 
     /// Logs the skipped lines (the kept ones, each with its number), then the total.
     pub fn log_skipped(&self) {
@@ -381,6 +407,72 @@ pub fn read_events<R: BufRead>(
     }
 }
 
+/// Writes one event as a JSON object (one line of the format, without its newline).
+pub fn write_event<W: Write>(out: W, e: &Event) -> std::io::Result<()> {
+    let lang_text;
+    let line = match e {
+        Event::User(u) => {
+            lang_text = lang::format(u.lang);
+            Line {
+                kind: Some(Kind::User),
+                user_id: Some(u.user_id),
+                lang: Some(lang_text.as_str().into()),
+                known_for: Some(u.known_for),
+                created_at: Some(u.created_at),
+                ..Default::default()
+            }
+        }
+        Event::NewTweet(t) => {
+            lang_text = lang::format(t.lang);
+            Line {
+                kind: Some(Kind::NewTweet),
+                id: Some(t.id),
+                author_id: Some(t.author_id),
+                created_at: Some(t.created_at),
+                lang: Some(lang_text.as_str().into()),
+                has_media: Some(t.has_media),
+                reply_to: Some(t.reply_to),
+                text_len: Some(t.text_len as u32),
+                likes: Some(t.likes),
+                retweets: Some(t.retweets),
+                replies: Some(t.replies),
+                ..Default::default()
+            }
+        }
+        Event::Engagement(g) => Line {
+            kind: Some(match g.kind {
+                EngagementKind::Like => Kind::Like,
+                EngagementKind::Retweet => Kind::Retweet,
+                EngagementKind::Reply => Kind::Reply,
+            }),
+            user_id: Some(g.user_id),
+            tweet_id: Some(g.tweet_id),
+            timestamp: Some(g.timestamp),
+            ..Default::default()
+        },
+        Event::Social(s) => Line {
+            kind: Some(match s.kind {
+                SocialKind::Follow => Kind::Follow,
+                SocialKind::Unfollow => Kind::Unfollow,
+                SocialKind::Block => Kind::Block,
+                SocialKind::Mute => Kind::Mute,
+            }),
+            user_id: Some(s.user_id),
+            target_id: Some(s.target_id),
+            timestamp: Some(s.timestamp),
+            ..Default::default()
+        },
+    };
+    serde_json::to_writer(out, &line).map_err(std::io::Error::from)
+}
+
+/// One event as the bytes of its line (a Kafka message's value).
+pub fn encode(e: &Event) -> Vec<u8> {
+    let mut v = Vec::with_capacity(160);
+    write_event(&mut v, e).expect("writing to a Vec cannot fail");
+    v
+}
+
 /// Writes events as JSON lines, with a header line first.
 pub struct EventWriter<W: Write> {
     out: W,
@@ -401,61 +493,7 @@ impl<W: Write> EventWriter<W> {
     }
 
     pub fn write(&mut self, e: &Event) -> std::io::Result<()> {
-        let lang_text;
-        let line = match e {
-            Event::User(u) => {
-                lang_text = lang::format(u.lang);
-                Line {
-                    kind: Some(Kind::User),
-                    user_id: Some(u.user_id),
-                    lang: Some(lang_text.as_str().into()),
-                    known_for: Some(u.known_for),
-                    created_at: Some(u.created_at),
-                    ..Default::default()
-                }
-            }
-            Event::NewTweet(t) => {
-                lang_text = lang::format(t.lang);
-                Line {
-                    kind: Some(Kind::NewTweet),
-                    id: Some(t.id),
-                    author_id: Some(t.author_id),
-                    created_at: Some(t.created_at),
-                    lang: Some(lang_text.as_str().into()),
-                    has_media: Some(t.has_media),
-                    reply_to: Some(t.reply_to),
-                    text_len: Some(t.text_len as u32),
-                    likes: Some(t.likes),
-                    retweets: Some(t.retweets),
-                    replies: Some(t.replies),
-                    ..Default::default()
-                }
-            }
-            Event::Engagement(g) => Line {
-                kind: Some(match g.kind {
-                    EngagementKind::Like => Kind::Like,
-                    EngagementKind::Retweet => Kind::Retweet,
-                    EngagementKind::Reply => Kind::Reply,
-                }),
-                user_id: Some(g.user_id),
-                tweet_id: Some(g.tweet_id),
-                timestamp: Some(g.timestamp),
-                ..Default::default()
-            },
-            Event::Social(s) => Line {
-                kind: Some(match s.kind {
-                    SocialKind::Follow => Kind::Follow,
-                    SocialKind::Unfollow => Kind::Unfollow,
-                    SocialKind::Block => Kind::Block,
-                    SocialKind::Mute => Kind::Mute,
-                }),
-                user_id: Some(s.user_id),
-                target_id: Some(s.target_id),
-                timestamp: Some(s.timestamp),
-                ..Default::default()
-            },
-        };
-        serde_json::to_writer(&mut self.out, &line)?;
+        write_event(&mut self.out, e)?;
         self.out.write_all(b"\n")
     }
 
@@ -577,6 +615,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 8") && err.contains("lang"), "{err}");
+    }
+
+    #[test]
+    fn one_event_encodes_and_parses_alone() {
+        for e in sample() {
+            assert_eq!(parse_event(&encode(&e)).unwrap(), e);
+        }
+        assert!(parse_event(b"{\"type\":\"like\"}")
+            .unwrap_err()
+            .contains("user_id"));
+        assert!(parse_event(b"\xff").unwrap_err().contains("UTF-8"));
+        assert!(parse_event(b"{\"type\":\"schema\",\"version\":1}")
+            .unwrap_err()
+            .contains("header"));
     }
 
     #[test]

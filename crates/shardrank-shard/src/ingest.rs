@@ -99,6 +99,7 @@ pub fn write_snapshot(
     let meta = crate::store::SnapshotMeta {
         source: source.describe(),
         live_position,
+        kafka: Vec::new(),
     };
     match store.write_snapshot(file, &meta) {
         Ok(()) => tracing::info!(

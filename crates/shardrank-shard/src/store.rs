@@ -18,6 +18,17 @@ use shardrank_core::lang::Lang;
 use shardrank_core::model::LightModel;
 use shardrank_core::routing::shard_of;
 
+/// Which part of an event a stream carries for this shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// The whole stream (an events file, the generator): every part of every event.
+    All,
+    /// The shard's partition of the post topic: its own posts and their engagement.
+    Posts,
+    /// The user topic: profiles, follows, and who posted (the author features).
+    Users,
+}
+
 /// Events applied together by [`PostStore::apply_batch`].
 pub const APPLY_BATCH: usize = 64;
 
@@ -244,12 +255,17 @@ impl PostStore {
     /// Applies one event. Every shard applies the author-level part of every event (so
     /// author features agree everywhere) and the post-level part only for its own posts.
     pub fn apply(&mut self, e: &Event) {
+        self.apply_from(e, Feed::All);
+    }
+
+    /// Applies the part of one event that `feed` carries for this shard.
+    pub fn apply_from(&mut self, e: &Event, feed: Feed) {
         let owned = match e {
             Event::NewTweet(t) => self.owns(t.id),
             Event::Engagement(g) => self.owns(g.tweet_id),
             _ => false,
         };
-        self.apply_routed(e, owned);
+        self.apply_routed(e, owned, feed);
     }
 
     /// Applies events in order, as [`Self::apply`] one by one would, but faster: the
@@ -257,6 +273,11 @@ impl PostStore {
     /// batch will touch is prefetched before the first event is applied, so the cache
     /// misses of a batch overlap.
     pub fn apply_batch(&mut self, events: &[Event]) {
+        self.apply_batch_from(events, Feed::All)
+    }
+
+    /// [`Self::apply_batch`] of the part `feed` carries.
+    pub fn apply_batch_from(&mut self, events: &[Event], feed: Feed) {
         let mut ids = [0u64; APPLY_BATCH];
         let mut owners = [0u32; APPLY_BATCH];
         for chunk in events.chunks(APPLY_BATCH) {
@@ -281,15 +302,37 @@ impl PostStore {
                 shardrank_core::md5x8::shards(&ids[..n], self.num_shards, &mut owners[..n]);
             }
             for (e, &owner) in chunk.iter().zip(&owners[..n]) {
-                self.apply_routed(e, owner == self.shard_index);
+                self.apply_routed(e, owner == self.shard_index, feed);
             }
         }
     }
 
     /// Applies one event whose tweet (if any) is known to be `owned` or not.
-    fn apply_routed(&mut self, e: &Event, owned: bool) {
+    fn apply_routed(&mut self, e: &Event, owned: bool, feed: Feed) {
         self.stats.events += 1;
         self.watermark_ms = self.watermark_ms.max(e.time());
+        match (e, feed) {
+            // The post topic carries no user events; the user topic no engagement.
+            (Event::User(_) | Event::Social(_), Feed::Posts)
+            | (Event::Engagement(_), Feed::Users) => {}
+            // The author's activity: counted from the user topic's copy of every post.
+            (Event::NewTweet(t), Feed::Users) => {
+                let a = self.authors.get_or_insert(t.author_id) as usize;
+                self.authors.posts[a] += 1;
+                if self.live {
+                    self.refresh_author(a);
+                }
+            }
+            (Event::NewTweet(t), Feed::Posts) => {
+                if owned {
+                    self.add_tweet(t, true, false);
+                }
+            }
+            _ => self.apply_whole(e, owned),
+        }
+    }
+
+    fn apply_whole(&mut self, e: &Event, owned: bool) {
         match e {
             Event::User(u) => {
                 let a = self.authors.get_or_insert(u.user_id) as usize;
@@ -316,7 +359,7 @@ impl PostStore {
                 // The coordinator's user store filters these per request.
                 SocialKind::Block | SocialKind::Mute => {}
             },
-            Event::NewTweet(t) => self.add_tweet(t, owned),
+            Event::NewTweet(t) => self.add_tweet(t, owned, true),
             Event::Engagement(g) => {
                 if !owned {
                     return;
@@ -344,7 +387,9 @@ impl PostStore {
         }
     }
 
-    fn add_tweet(&mut self, t: &NewTweet, owned: bool) {
+    /// Adds a post (if `owned`); `count_author` counts it in the author's posts (the
+    /// user topic's copy counts it instead when the post comes from the post topic).
+    fn add_tweet(&mut self, t: &NewTweet, owned: bool, count_author: bool) {
         let a = self.authors.get_or_insert(t.author_id);
         if !owned {
             // Not ours, but the author's activity is a global feature.
@@ -360,7 +405,9 @@ impl PostStore {
             self.stats.duplicate_posts += 1;
             return;
         }
-        self.authors.posts[a as usize] += 1;
+        if count_author {
+            self.authors.posts[a as usize] += 1;
+        }
         self.ids.push(t.id);
         let flags = if t.has_media { FLAG_MEDIA } else { 0 }
             | if t.reply_to.is_some() { FLAG_REPLY } else { 0 };
@@ -517,6 +564,64 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             assert_eq!(bits(&a), bits(&b));
+        }
+    }
+
+    #[test]
+    fn the_post_and_user_feeds_together_equal_the_whole_stream() {
+        // As Kafka splits it: the shard's posts and their engagement from its partition
+        // of the post topic, users, follows and every post's author from the user topic,
+        // each in its own order.
+        let spec = CorpusSpec::named("tiny", 42).unwrap();
+        let (index, n) = (1, 3);
+        let mut whole = PostStore::new(index, n, defaults::light());
+        let (mut posts, mut users) = (Vec::new(), Vec::new());
+        generate(&spec, |e| {
+            whole.apply(&e);
+            match &e {
+                Event::NewTweet(t) => {
+                    if shard_of(t.id, n) == index {
+                        posts.push(e.clone());
+                    }
+                    users.push(e);
+                }
+                Event::Engagement(g) if shard_of(g.tweet_id, n) == index => posts.push(e),
+                Event::Engagement(_) => {}
+                Event::User(_) | Event::Social(_) => users.push(e),
+            }
+        });
+        let mut split = PostStore::new(index, n, defaults::light());
+        split.apply_batch_from(&users[..users.len() / 2], Feed::Users);
+        split.apply_batch_from(&posts, Feed::Posts);
+        split.apply_batch_from(&users[users.len() / 2..], Feed::Users);
+        assert_eq!(split.ids, whole.ids);
+        assert_eq!(split.likes, whole.likes);
+        assert_eq!(split.windows, whole.windows);
+        // Event time per partition: the split store has seen only its posts' events.
+        assert!(split.watermark_ms <= whole.watermark_ms && split.watermark_ms > 0);
+        for (r, &id) in whole.ids.iter().enumerate() {
+            let (a, b) = (whole.view(r as u32), split.view(split.row(id).unwrap()));
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "post {id}");
+        }
+        for (a, &id) in whole.authors.ids.iter().enumerate() {
+            let b = split.authors.get(id).unwrap() as usize;
+            assert_eq!(
+                (
+                    whole.authors.posts[a],
+                    whole.authors.followers[a],
+                    whole.authors.cluster[a]
+                ),
+                (
+                    split.authors.posts[b],
+                    split.authors.followers[b],
+                    split.authors.cluster[b]
+                ),
+                "author {id}"
+            );
+            assert_eq!(
+                whole.authors.light_part[a].to_bits(),
+                split.authors.light_part[b].to_bits()
+            );
         }
     }
 

@@ -3,7 +3,8 @@
 //! stream where the snapshot left it.
 //!
 //! Format (little-endian): magic and version, the layout (shard index, count), the
-//! source it was built from, the live-stream position, the watermark and ingest counts,
+//! source it was built from, the live-stream position, the Kafka positions (topic,
+//! partition, next offset) it reflects, the watermark and ingest counts,
 //! then the post columns and the author columns, and an FNV-1a checksum of everything
 //! before it. Derived state (the id indexes, the light parts, which depend on the light
 //! model of the process that loads it) is rebuilt on load. Written to a temporary file and
@@ -14,7 +15,7 @@ use shardrank_core::model::LightModel;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"SRSNAP02";
+const MAGIC: &[u8; 8] = b"SRSNAP03";
 
 /// What a snapshot is of, besides the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct SnapshotMeta {
     pub source: String,
     /// Live-stream events applied after it.
     pub live_position: u64,
+    /// Kafka partitions it reflects: (topic, partition, next offset to read).
+    pub kafka: Vec<(String, i32, i64)>,
 }
 
 /// The snapshot file of partition `index` of `num_shards` in `dir`.
@@ -103,6 +106,13 @@ impl PostStore {
             w.put(&(meta.source.len() as u64).to_le_bytes())?;
             w.put(meta.source.as_bytes())?;
             w.put(&meta.live_position.to_le_bytes())?;
+            w.put(&(meta.kafka.len() as u32).to_le_bytes())?;
+            for (topic, partition, next) in &meta.kafka {
+                w.put(&(topic.len() as u16).to_le_bytes())?;
+                w.put(topic.as_bytes())?;
+                w.put(&partition.to_le_bytes())?;
+                w.put(&next.to_le_bytes())?;
+            }
             w.put(&self.watermark_ms.to_le_bytes())?;
             let s = &self.stats;
             for x in [
@@ -181,6 +191,23 @@ impl PostStore {
             )));
         }
         let live_position = u64::from_le_bytes(r.take()?);
+        let parts = u32::from_le_bytes(r.take()?);
+        if parts > 1 << 16 {
+            return Err(bad("too many Kafka positions"));
+        }
+        let mut kafka = Vec::with_capacity(parts as usize);
+        for _ in 0..parts {
+            let len = u16::from_le_bytes(r.take()?) as usize;
+            let mut topic = vec![0u8; len];
+            r.inner.read_exact(&mut topic)?;
+            r.feed(&topic);
+            let topic = String::from_utf8(topic).map_err(|_| bad("topic name not UTF-8"))?;
+            kafka.push((
+                topic,
+                i32::from_le_bytes(r.take()?),
+                i64::from_le_bytes(r.take()?),
+            ));
+        }
         let mut store = PostStore::new(index, num_shards, light);
         store.watermark_ms = i64::from_le_bytes(r.take()?);
         let mut counts = [0u64; 6];
@@ -272,6 +299,7 @@ impl PostStore {
             SnapshotMeta {
                 source: snap_source,
                 live_position,
+                kafka,
             },
         ))
     }
@@ -299,6 +327,10 @@ mod tests {
         let meta = SnapshotMeta {
             source: "corpus tiny (seed 42)".into(),
             live_position: 77,
+            kafka: vec![
+                ("tweet_events".into(), 1, 1234),
+                ("user_events".into(), 0, 9),
+            ],
         };
         s.write_snapshot(&file, &meta).unwrap();
         let light = Models::builtin().light;

@@ -1,0 +1,362 @@
+//! Reading events from assigned partitions at positions the caller owns.
+//!
+//! The caller's state (a shard's snapshot) records the next offset of every partition it
+//! reflects, and is the source of truth for where to resume: an in-memory store that
+//! restarts without a snapshot must replay from the beginning whatever the group last
+//! committed (as a Kafka Streams state store restores from its changelog). Offsets are
+//! still committed to the consumer group after each applied batch (at-least-once), so
+//! the usual tooling shows each consumer's progress and lag.
+//!
+//! Applying is idempotent by sequence: a partition's offsets only move forward, a record
+//! at an offset already applied (a broker re-delivery after a reconnect, say) is
+//! skipped and counted, and a jump forward (records deleted by retention before they
+//! were read) is logged as a gap.
+
+use crate::producer::{dead_letter_headers, RawProducer};
+use crate::{client_config, KafkaError};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
+use shardrank_core::events::{parse_event, Event};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where a partition's reading starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    /// The next offset to read.
+    Offset(i64),
+}
+
+/// One partition to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub topic: String,
+    pub partition: i32,
+    pub start: Start,
+}
+
+/// The next offset to read of one partition: what the caller's state reflects once the
+/// records returned so far are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+pub struct ConsumerOptions {
+    pub brokers: String,
+    /// Consumer group the offsets are committed under.
+    pub group_id: String,
+    /// Where malformed messages go (None: logged and counted only).
+    pub dead_letter_topic: Option<String>,
+}
+
+/// An event read, with where it was.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub event: Event,
+}
+
+/// What one poll returned.
+#[derive(Default, Debug)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    /// Malformed messages: logged with their offset, dead-lettered, skipped.
+    pub malformed: u64,
+    /// Records at offsets already applied: skipped.
+    pub replayed: u64,
+}
+
+/// High watermarks from librdkafka's statistics (every second), for the lag.
+#[derive(Default)]
+struct Ctx {
+    high: Mutex<HashMap<(String, i32), i64>>,
+    last_error_log: Mutex<Option<Instant>>,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let mut high = self.high.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, t) in s.topics {
+            for (p, part) in t.partitions {
+                if p >= 0 && part.hi_offset >= 0 {
+                    high.insert((name.clone(), p), part.hi_offset);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // A broker that is away is reported on every reconnect attempt: log it at most
+        // every 10 s (librdkafka retries with backoff on its own).
+        let mut last = self
+            .last_error_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %error, reason, "kafka client error (retrying with backoff)");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {}
+
+struct Part {
+    topic: String,
+    partition: i32,
+    next: i64,
+    committed: i64,
+    /// Started at the beginning and nothing read yet: the first offset may be > 0.
+    fresh: bool,
+}
+
+/// Reads the assigned partitions in order from the given positions.
+pub struct EventConsumer {
+    consumer: BaseConsumer<Ctx>,
+    parts: Vec<Part>,
+    dead_letters: Option<(RawProducer, String)>,
+    brokers: String,
+}
+
+impl EventConsumer {
+    pub fn new(opts: &ConsumerOptions, assignments: &[Assignment]) -> Result<Self, KafkaError> {
+        let consumer: BaseConsumer<Ctx> = client_config(&opts.brokers)
+            .set("group.id", &opts.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Only for a start at the beginning or an offset deleted by retention.
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(Ctx::default())?;
+        let mut tpl = TopicPartitionList::new();
+        let mut parts = Vec::with_capacity(assignments.len());
+        for a in assignments {
+            let (offset, next) = match a.start {
+                Start::Beginning => (Offset::Beginning, 0),
+                Start::Offset(o) => (Offset::Offset(o), o),
+            };
+            tpl.add_partition_offset(&a.topic, a.partition, offset)?;
+            parts.push(Part {
+                topic: a.topic.clone(),
+                partition: a.partition,
+                next,
+                committed: next,
+                fresh: a.start == Start::Beginning,
+            });
+        }
+        consumer.assign(&tpl)?;
+        let dead_letters = match &opts.dead_letter_topic {
+            Some(t) => Some((RawProducer::new(&opts.brokers)?, t.clone())),
+            None => None,
+        };
+        Ok(EventConsumer {
+            consumer,
+            parts,
+            dead_letters,
+            brokers: opts.brokers.clone(),
+        })
+    }
+
+    fn part(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
+        self.parts
+            .iter_mut()
+            .find(|p| p.partition == partition && p.topic == topic)
+    }
+
+    /// Waits up to `wait` for the first record, then takes what is ready, up to `max`.
+    pub fn poll_batch(&mut self, max: usize, wait: Duration) -> Batch {
+        let mut batch = Batch::default();
+        let mut timeout = wait;
+        while batch.records.len() < max {
+            let msg = match self.consumer.poll(timeout) {
+                None => break,
+                Some(Err(e)) => {
+                    self.consumer.context().error(e, "poll");
+                    break;
+                }
+                Some(Ok(m)) => m,
+            };
+            timeout = Duration::ZERO;
+            let (topic, partition, offset) =
+                (msg.topic().to_string(), msg.partition(), msg.offset());
+            let payload = msg.payload().unwrap_or_default().to_vec();
+            let key = msg.key().unwrap_or_default().to_vec();
+            drop(msg);
+            let Some(p) = self.part(&topic, partition) else {
+                continue;
+            };
+            if offset < p.next {
+                batch.replayed += 1;
+                continue;
+            }
+            if offset > p.next && !p.fresh {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    expected = p.next,
+                    got = offset,
+                    "offsets {}..{} are gone (deleted by retention before they were read?)",
+                    p.next,
+                    offset - 1
+                );
+            }
+            p.fresh = false;
+            p.next = offset + 1;
+            match parse_event(&payload) {
+                Ok(event) => batch.records.push(Record {
+                    topic,
+                    partition,
+                    offset,
+                    event,
+                }),
+                Err(e) => {
+                    batch.malformed += 1;
+                    self.dead_letter(&topic, partition, offset, &key, &payload, &e);
+                }
+            }
+        }
+        batch
+    }
+
+    fn dead_letter(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        payload: &[u8],
+        error: &str,
+    ) {
+        let to = self.dead_letters.as_ref().map(|(_, t)| t.as_str());
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            error,
+            dead_letter_topic = to,
+            "malformed event skipped"
+        );
+        if let Some((producer, dlt)) = &self.dead_letters {
+            let headers = dead_letter_headers(topic, partition, offset, error);
+            if let Err(e) = producer.send(dlt, 0, key, payload, Some(headers)) {
+                tracing::warn!(topic, partition, offset, error = %e, "dead-lettering failed");
+            }
+        }
+    }
+
+    /// Where every partition stands: the next offset to read.
+    pub fn positions(&self) -> Vec<Position> {
+        self.parts
+            .iter()
+            .map(|p| Position {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                next: p.next,
+            })
+            .collect()
+    }
+
+    /// Commits the positions of the records returned so far (call after applying them).
+    pub fn commit(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.parts.iter().filter(|p| p.next != p.committed) {
+            if tpl
+                .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next))
+                .is_err()
+            {
+                continue;
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => {
+                for p in &mut self.parts {
+                    p.committed = p.next;
+                }
+            }
+            Err(e) => self.consumer.context().error(e, "commit"),
+        }
+    }
+
+    /// Records not yet read, per topic (from the latest statistics; a partition not yet
+    /// fetched counts as 0).
+    pub fn lag(&self) -> Vec<(String, i64)> {
+        let high = self
+            .consumer
+            .context()
+            .high
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for p in &self.parts {
+            let lag = high
+                .get(&(p.topic.clone(), p.partition))
+                .map_or(0, |&h| (h - p.next).max(0));
+            match out.iter_mut().find(|(t, _)| *t == p.topic) {
+                Some((_, l)) => *l += lag,
+                None => out.push((p.topic.clone(), lag)),
+            }
+        }
+        out
+    }
+
+    /// The end of every assigned partition now (asked of the broker, retried with
+    /// backoff until it answers): reading up to it is catching up.
+    pub fn high_watermarks(&self) -> Vec<i64> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let res: Result<Vec<i64>, rdkafka::error::KafkaError> = self
+                .parts
+                .iter()
+                .map(|p| {
+                    self.consumer
+                        .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5))
+                        .map(|(_, high)| high)
+                })
+                .collect();
+            match res {
+                Ok(h) => return h,
+                Err(e) => {
+                    tracing::warn!(brokers = %self.brokers, error = %e, retry_in = ?backoff, "cannot read the partitions' ends yet");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Whether every partition has been read up to `targets` (from [`Self::high_watermarks`]).
+    pub fn reached(&self, targets: &[i64]) -> bool {
+        self.parts.iter().zip(targets).all(|(p, &t)| p.next >= t)
+    }
+
+    /// How many partitions `topic` has, asking until the broker answers; None when the
+    /// topic does not exist.
+    pub fn partitions(brokers: &str, topic: &str) -> Result<Option<usize>, KafkaError> {
+        let client: BaseConsumer = client_config(brokers).create()?;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match crate::topics::partitions(client.client(), brokers, topic, Duration::from_secs(5))
+            {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "waiting for the brokers");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
