@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod corpus_facts;
+pub mod kafka;
 
 use shardrank_proto::v1::coordinator_client::CoordinatorClient;
 use std::path::{Path, PathBuf};
@@ -152,6 +153,16 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A log's text without its ANSI colour codes.
+pub fn plain(log: &str) -> String {
+    log.split('\x1b')
+        .map(|part| match part.strip_prefix('[') {
+            Some(rest) => rest.split_once('m').map_or(rest, |(_, t)| t),
+            None => part,
+        })
+        .collect()
 }
 
 /// Runs a binary to completion; returns (exit code, stdout, stderr).

@@ -5,17 +5,8 @@
 
 use shardrank_proto::v1::RankRequest;
 use shardrank_tests::corpus_facts::Facts;
-use shardrank_tests::{http_get, metric, scratch_dir, Cluster};
+use shardrank_tests::{http_get, metric, plain, scratch_dir, Cluster};
 use std::time::{Duration, Instant};
-
-fn plain(log: &str) -> String {
-    log.split('\x1b')
-        .map(|part| match part.strip_prefix('[') {
-            Some(rest) => rest.split_once('m').map_or(rest, |(_, t)| t),
-            None => part,
-        })
-        .collect()
-}
 
 /// Waits until shard process `k`'s log has a line containing `what`.
 async fn wait_log(c: &Cluster, k: usize, what: &str) -> String {

@@ -47,6 +47,23 @@ pub struct CoordinatorConfig {
     pub admin_listen: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Kafka bootstrap brokers (HOST:PORT[,HOST:PORT...]): build the user store from
+    /// every partition of --kafka-user-topic (read from the beginning; SERVING once read
+    /// up to the ends as they were at start) and apply it live. Without --corpus and
+    /// --events the topic is the only source. Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_brokers: Option<String>,
+    /// The user-events topic: profiles, follow, unfollow, block, mute, and who posted
+    /// (see `shardrank produce`).
+    #[arg(long, default_value = shardrank_kafka::USER_TOPIC, value_name = "TOPIC")]
+    pub kafka_user_topic: String,
+    /// Consumer group the positions are committed under after each applied batch.
+    #[arg(long, default_value = "shardrank-coordinator", value_name = "GROUP")]
+    pub kafka_group_id: String,
+    /// Where malformed Kafka messages go, with headers naming their topic, partition,
+    /// offset and what was wrong.
+    #[arg(long, default_value = shardrank_kafka::DEAD_LETTER_TOPIC, value_name = "TOPIC")]
+    pub kafka_dead_letter_topic: String,
     /// H: how many of the best candidates by light score the heavy ranker scores (at
     /// least top_k is always scored).
     #[arg(long, default_value_t = 1000)]
@@ -231,6 +248,22 @@ impl CoordinatorConfig {
         if self.health_check_ms < 10 {
             return Err("--health-check-ms must be at least 10".into());
         }
+        if let Some(b) = &self.kafka_brokers {
+            shardrank_kafka::check_brokers(b)?;
+            shardrank_kafka::check_topic("--kafka-user-topic", &self.kafka_user_topic)?;
+            shardrank_kafka::check_topic(
+                "--kafka-dead-letter-topic",
+                &self.kafka_dead_letter_topic,
+            )?;
+            if self.kafka_group_id.is_empty() {
+                return Err("--kafka-group-id must not be empty".into());
+            }
+            if self.data.live_events_per_sec > 0.0 {
+                return Err(
+                    "--kafka-brokers and --live-events-per-sec: choose one live stream".into(),
+                );
+            }
+        }
         match &self.shard_template {
             Some(t) => parse_shards(&expand_template(
                 t,
@@ -239,6 +272,26 @@ impl CoordinatorConfig {
             )?),
             None => parse_shards(&self.shards),
         }
+    }
+}
+
+impl CoordinatorConfig {
+    /// The Kafka settings, when --kafka-brokers is given.
+    pub fn kafka(&self) -> Option<crate::ingest::KafkaSettings> {
+        Some(crate::ingest::KafkaSettings {
+            brokers: self.kafka_brokers.clone()?,
+            user_topic: self.kafka_user_topic.clone(),
+            group_id: self.kafka_group_id.clone(),
+            dead_letter_topic: self.kafka_dead_letter_topic.clone(),
+        })
+    }
+
+    /// The start-up source: none with Kafka and no --corpus/--events.
+    pub fn source(&self) -> Result<shardrank_core::source::Source, String> {
+        if self.kafka_brokers.is_some() && !self.data.names_a_source() {
+            return Ok(shardrank_core::source::Source::Empty);
+        }
+        self.data.source()
     }
 }
 

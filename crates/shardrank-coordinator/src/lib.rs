@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+pub mod ingest;
 pub mod merge;
 pub mod metrics;
 pub mod pipeline;

@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let source = match cfg.data.source() {
+    let source = match cfg.source() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -137,16 +137,39 @@ async fn main() -> ExitCode {
     // Load users and wait for the shards at the same time.
     let t0 = Instant::now();
     let describe = source.describe();
-    let load = tokio::task::spawn_blocking(move || {
-        let mut users = UserStore::default();
-        source.for_each(|e| users.apply(&e)).map(|r| (users, r))
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shard_wait_secs);
-    // Every shard index needs one ready replica; replicas not ready yet start out of
-    // rotation and join when their health check passes.
+    let kafka = cfg.kafka();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
     metrics.init_labels(&replica_counts);
+    let load = {
+        let (kafka, metrics) = (kafka.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let consumer = match &kafka {
+                Some(k) => Some(
+                    shardrank_coordinator::ingest::open(k, num_shards)
+                        .await
+                        .map_err(|e| format!("kafka: {e}"))?,
+                ),
+                None => None,
+            };
+            tokio::task::spawn_blocking(move || {
+                let mut users = UserStore::default();
+                let report = source
+                    .for_each(|e| users.apply(&e))
+                    .map_err(|e| format!("loading users from {describe}: {e}"))?;
+                let consumer = consumer.map(|mut c| {
+                    shardrank_coordinator::ingest::catch_up(&mut c, &mut users, &metrics);
+                    c
+                });
+                Ok::<_, String>((users, report, consumer))
+            })
+            .await
+            .map_err(|e| format!("loading users: {e}"))?
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shard_wait_secs);
+    // Every shard index needs one ready replica; replicas not ready yet start out of
+    // rotation and join when their health check passes.
     let waits = handles.iter().enumerate().map(|(i, h)| {
         let probe = ShardGroup {
             index: i as u32,
@@ -176,12 +199,13 @@ async fn main() -> ExitCode {
             )),
         });
     }
-    let loaded = match load.await {
-        Ok(Ok((u, report))) => {
+    let (loaded, consumer) = match load.await {
+        Ok(Ok((u, report, consumer))) => {
             report.log_skipped();
-            u
+            metrics.events_malformed.inc_by(report.malformed);
+            (u, consumer)
         }
-        Ok(Err(e)) => return fail(format!("loading users from {describe}: {e}")),
+        Ok(Err(e)) => return fail(e),
         Err(e) => return fail(format!("loading users: {e}")),
     };
     *users.write().unwrap_or_else(|p| p.into_inner()) = loaded;
@@ -249,12 +273,21 @@ async fn main() -> ExitCode {
     );
     metrics.watermark_seconds.set(watermark_ms as f64 / 1e3);
     if let Some((spec, rate)) = live {
-        tokio::spawn(shardrank_coordinator::users::run_live(
+        tokio::spawn(shardrank_coordinator::ingest::run_live(
             users.clone(),
             metrics.clone(),
             spec,
             rate,
         ));
+    }
+    if let Some(c) = consumer {
+        let (users, metrics) = (users.clone(), metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kafka-ingest".into())
+            .spawn(move || shardrank_coordinator::ingest::run(c, users, metrics));
+        if let Err(e) = spawned {
+            return fail(format!("kafka: cannot start the ingest thread: {e}"));
+        }
     }
     let env = make_env(shards, metrics.clone());
     let ranker = env.ranker.clone();

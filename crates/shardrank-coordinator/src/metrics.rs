@@ -10,6 +10,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Topic {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcCode {
     pub rpc: &'static str,
     pub code: &'static str,
@@ -87,6 +92,9 @@ pub struct CoordinatorMetrics {
     pub component_outcomes: Family<ComponentOutcome, Counter>,
     pub events_applied: Family<EventType, Counter>,
     pub watermark_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub consumer_lag: Family<Topic, Gauge>,
+    pub events_malformed: Counter,
+    pub events_replayed: Counter,
 }
 
 impl CoordinatorMetrics {
@@ -114,6 +122,9 @@ impl CoordinatorMetrics {
             component_outcomes: Family::default(),
             events_applied: Family::default(),
             watermark_seconds: Gauge::default(),
+            consumer_lag: Family::default(),
+            events_malformed: Counter::default(),
+            events_replayed: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_coordinator");
         r.register(
@@ -224,6 +235,21 @@ impl CoordinatorMetrics {
             "Event time of the newest event applied: the clock of features (Unix time)",
             Unit::Seconds,
             m.watermark_seconds.clone(),
+        );
+        r.register(
+            "consumer_lag_events",
+            "Kafka records of the user topic not yet applied (partition ends minus positions)",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "events_malformed",
+            "Malformed events skipped (logged with their offset and dead-lettered with Kafka)",
+            m.events_malformed.clone(),
+        );
+        r.register(
+            "events_replayed",
+            "Kafka records at offsets already applied, skipped",
+            m.events_replayed.clone(),
         );
         m
     }

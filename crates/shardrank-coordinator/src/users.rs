@@ -148,44 +148,6 @@ impl UserStore {
     }
 }
 
-/// Applies the built-in live stream to the user store, for ever (follows, blocks and
-/// mutes change what Rank and Timeline see on the next request; every event moves the
-/// watermark, the clock of features). The same stream the shards apply.
-pub async fn run_live(
-    users: std::sync::Arc<std::sync::RwLock<UserStore>>,
-    metrics: std::sync::Arc<crate::metrics::CoordinatorMetrics>,
-    spec: shardrank_core::corpus::CorpusSpec,
-    rate: f64,
-) {
-    let mut generator = shardrank_core::live::LiveGenerator::new(&spec, rate);
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let events = generator.take_due(start.elapsed().as_secs_f64(), 50_000);
-        if events.is_empty() {
-            continue;
-        }
-        let watermark = {
-            let mut u = users.write().unwrap_or_else(|p| p.into_inner());
-            for e in &events {
-                u.apply(e);
-            }
-            u.watermark_ms
-        };
-        for e in &events {
-            metrics
-                .events_applied
-                .get_or_create(&crate::metrics::EventType {
-                    r#type: e.type_name(),
-                })
-                .inc();
-        }
-        metrics.watermark_seconds.set(watermark as f64 / 1e3);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

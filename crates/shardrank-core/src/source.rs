@@ -10,9 +10,11 @@ use std::path::PathBuf;
 #[derive(clap::Args, Clone, Debug)]
 pub struct DataArgs {
     /// Built-in corpus to generate at start-up: `standard` (100,000 users, 1,000,000
-    /// tweets) or `tiny` (1,000 users, 10,000 tweets). Ignored with --events.
-    #[arg(long, default_value = "standard", value_parser = clap::builder::PossibleValuesParser::new(CorpusSpec::NAMES))]
-    pub corpus: String,
+    /// tweets) or `tiny` (1,000 users, 10,000 tweets). Ignored with --events. Default
+    /// `standard`, except with --kafka-brokers, where no --corpus and no --events means
+    /// the data comes from the topics alone.
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(CorpusSpec::NAMES))]
+    pub corpus: Option<String>,
     /// Seed of the built-in corpus; the same seed gives the same corpus on every process.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub corpus_seed: u64,
@@ -35,10 +37,25 @@ pub struct DataArgs {
 #[derive(Clone, Debug)]
 pub enum Source {
     Corpus(CorpusSpec),
-    File { path: PathBuf, strict: bool },
+    File {
+        path: PathBuf,
+        strict: bool,
+    },
+    /// Nothing at start-up: everything comes from the live stream (Kafka).
+    Empty,
 }
 
 impl DataArgs {
+    /// The corpus named, or the default one.
+    pub fn corpus_name(&self) -> &str {
+        self.corpus.as_deref().unwrap_or("standard")
+    }
+
+    /// Whether a start-up source was named (--corpus or --events).
+    pub fn names_a_source(&self) -> bool {
+        self.corpus.is_some() || self.events.is_some()
+    }
+
     /// The live stream to run, if any: its corpus (for user ids) and rate.
     pub fn live(&self) -> Result<Option<(CorpusSpec, f64)>, String> {
         let r = self.live_events_per_sec;
@@ -50,8 +67,8 @@ impl DataArgs {
         if r == 0.0 {
             return Ok(None);
         }
-        let spec = CorpusSpec::named(&self.corpus, self.corpus_seed)
-            .ok_or_else(|| format!("--corpus {:?} is not a known corpus", self.corpus))?;
+        let spec = CorpusSpec::named(self.corpus_name(), self.corpus_seed)
+            .ok_or_else(|| format!("--corpus {:?} is not a known corpus", self.corpus_name()))?;
         Ok(Some((spec, r)))
     }
 
@@ -66,12 +83,12 @@ impl DataArgs {
                     strict: self.strict,
                 })
             }
-            None => CorpusSpec::named(&self.corpus, self.corpus_seed)
+            None => CorpusSpec::named(self.corpus_name(), self.corpus_seed)
                 .map(Source::Corpus)
                 .ok_or_else(|| {
                     format!(
                         "--corpus {:?}: expected one of {:?}",
-                        self.corpus,
+                        self.corpus_name(),
                         CorpusSpec::NAMES
                     )
                 }),
@@ -110,6 +127,7 @@ impl Source {
                     other => other,
                 })
             }
+            Source::Empty => Ok(ReadReport::default()),
         }
     }
 
@@ -117,7 +135,7 @@ impl Source {
     pub fn expected_tweets(&self) -> Option<u64> {
         match self {
             Source::Corpus(spec) => Some(spec.tweets),
-            Source::File { .. } => None,
+            Source::File { .. } | Source::Empty => None,
         }
     }
 
@@ -125,6 +143,7 @@ impl Source {
         match self {
             Source::Corpus(spec) => format!("corpus {} (seed {})", spec.name, spec.seed),
             Source::File { path, .. } => format!("events file {}", path.display()),
+            Source::Empty => "no start-up source (the live stream only)".to_string(),
         }
     }
 }

@@ -360,3 +360,62 @@ impl EventConsumer {
         }
     }
 }
+
+/// A message as stored, for tools and tests (dead letters, say).
+#[derive(Clone, Debug)]
+pub struct RawMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads every message of `topic` (all partitions) from the beginning up to its ends
+/// as they are now, giving up after `timeout`.
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<RawMessage>, KafkaError> {
+    use rdkafka::message::Headers;
+    let t0 = Instant::now();
+    let Some(n) = EventConsumer::partitions(brokers, topic)? else {
+        return Ok(Vec::new());
+    };
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", "shardrank-read-all")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::with_capacity(n);
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        ends.push(consumer.fetch_watermarks(topic, p, timeout)?.1);
+    }
+    consumer.assign(&tpl)?;
+    let mut next = vec![0i64; n];
+    let mut out = Vec::new();
+    while next.iter().zip(&ends).any(|(a, b)| a < b) && t0.elapsed() < timeout {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        next[m.partition() as usize] = m.offset() + 1;
+        let headers = m.headers().map_or(Vec::new(), |h| {
+            h.iter()
+                .map(|h| {
+                    let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                    (h.key.to_string(), v.into_owned())
+                })
+                .collect()
+        });
+        out.push(RawMessage {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    Ok(out)
+}

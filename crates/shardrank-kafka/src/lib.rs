@@ -22,7 +22,10 @@ pub mod producer;
 pub mod route;
 pub mod topics;
 
-pub use consumer::{Assignment, Batch, ConsumerOptions, EventConsumer, Position, Record, Start};
+pub use consumer::{
+    read_all, Assignment, Batch, ConsumerOptions, EventConsumer, Position, RawMessage, Record,
+    Start,
+};
 pub use producer::{EventProducer, RawProducer};
 pub use route::{routes, Route, TopicRole};
 

@@ -42,7 +42,32 @@ pub struct ShardConfig {
     /// with the live stream, every --snapshot-interval-secs with the stream position.
     #[arg(long, value_name = "DIR")]
     pub snapshot_dir: Option<PathBuf>,
-    /// With the live stream and --snapshot-dir: how often to snapshot.
+    /// Kafka bootstrap brokers (HOST:PORT[,HOST:PORT...]): consume partition
+    /// --shard-index of --kafka-topic and every partition of --kafka-user-topic, live
+    /// (topics created with --num-shards partitions if missing). Without --corpus and
+    /// --events the partition is built from the topics alone; health says SERVING once
+    /// it has read what the topics held at start. Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_brokers: Option<String>,
+    /// The post-events topic: new_tweet, like, retweet, reply, partitioned by md5 of the
+    /// tweet id (see `shardrank produce`).
+    #[arg(long, default_value = shardrank_kafka::POST_TOPIC, value_name = "TOPIC")]
+    pub kafka_topic: String,
+    /// The user-events topic: profiles, follows, and who posted (the author features,
+    /// which are global), all partitions.
+    #[arg(long, default_value = shardrank_kafka::USER_TOPIC, value_name = "TOPIC")]
+    pub kafka_user_topic: String,
+    /// Consumer group the positions are committed under, after each applied batch
+    /// (for lag tooling; where to resume comes from the snapshot). Default
+    /// `shardrank-shard-<index>-of-<num-shards>`.
+    #[arg(long, value_name = "GROUP")]
+    pub kafka_group_id: Option<String>,
+    /// Where malformed Kafka messages go, with headers naming their topic, partition,
+    /// offset and what was wrong.
+    #[arg(long, default_value = shardrank_kafka::DEAD_LETTER_TOPIC, value_name = "TOPIC")]
+    pub kafka_dead_letter_topic: String,
+    /// With a live stream (Kafka or the generator) and --snapshot-dir: how often to
+    /// snapshot.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub snapshot_interval_secs: u64,
     /// On SIGTERM, how long in-flight requests may take before open connections are
@@ -78,6 +103,48 @@ impl ShardConfig {
                 self.shard_index, self.num_shards
             ));
         }
+        if let Some(b) = &self.kafka_brokers {
+            shardrank_kafka::check_brokers(b)?;
+            shardrank_kafka::check_topic("--kafka-topic", &self.kafka_topic)?;
+            shardrank_kafka::check_topic("--kafka-user-topic", &self.kafka_user_topic)?;
+            shardrank_kafka::check_topic(
+                "--kafka-dead-letter-topic",
+                &self.kafka_dead_letter_topic,
+            )?;
+            if self.kafka_topic == self.kafka_user_topic {
+                return Err("--kafka-topic and --kafka-user-topic must differ".into());
+            }
+            if self.data.live_events_per_sec > 0.0 {
+                return Err(
+                    "--kafka-brokers and --live-events-per-sec: choose one live stream".into(),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The Kafka settings, when --kafka-brokers is given.
+    pub fn kafka(&self) -> Option<crate::ingest::kafka::KafkaSettings> {
+        let brokers = self.kafka_brokers.clone()?;
+        Some(crate::ingest::kafka::KafkaSettings {
+            brokers,
+            post_topic: self.kafka_topic.clone(),
+            user_topic: self.kafka_user_topic.clone(),
+            group_id: self.kafka_group_id.clone().unwrap_or_else(|| {
+                format!(
+                    "shardrank-shard-{}-of-{}",
+                    self.shard_index, self.num_shards
+                )
+            }),
+            dead_letter_topic: self.kafka_dead_letter_topic.clone(),
+        })
+    }
+
+    /// The start-up source: none with Kafka and no --corpus/--events.
+    pub fn source(&self) -> Result<shardrank_core::source::Source, String> {
+        if self.kafka_brokers.is_some() && !self.data.names_a_source() {
+            return Ok(shardrank_core::source::Source::Empty);
+        }
+        self.data.source()
     }
 }

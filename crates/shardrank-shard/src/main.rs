@@ -36,7 +36,7 @@ async fn main() -> ExitCode {
     if let Err(e) = cfg.validate() {
         return fail(e);
     }
-    let source = match cfg.data.source() {
+    let source = match cfg.source() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -53,10 +53,14 @@ async fn main() -> ExitCode {
     };
     if cfg.check_config {
         println!(
-            "shardrank-shard: configuration ok: shard {} of {}, {}, models {}",
+            "shardrank-shard: configuration ok: shard {} of {}, {}{}, models {}",
             cfg.shard_index,
             cfg.num_shards,
             source.describe(),
+            cfg.kafka().map_or(String::new(), |k| format!(
+                ", kafka {} ({} partition {}, {})",
+                k.brokers, k.post_topic, cfg.shard_index, k.user_topic
+            )),
             cfg.model_dir
                 .as_ref()
                 .map_or("built-in".to_string(), |d| d.display().to_string())
@@ -106,27 +110,71 @@ async fn main() -> ExitCode {
     tracing::info!(listen = %cfg.listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), "shard starting: loading partition");
 
     // Load in the background: the port answers health checks (NOT_SERVING) meanwhile.
+    let kafka = cfg.kafka();
+    let snapshots = cfg.snapshot_dir.clone().map(|dir| ingest::LiveSnapshots {
+        dir,
+        every: Duration::from_secs(cfg.snapshot_interval_secs.max(1)),
+        source: source.clone(),
+    });
     let (load_done_tx, load_done) = tokio::sync::oneshot::channel();
     {
         let state = state.clone();
         let health = health.clone();
         let (index, n) = (cfg.shard_index, cfg.num_shards);
-        let light = state.models.light.clone();
         let snapshot_dir = cfg.snapshot_dir.clone();
         let source = source.clone();
+        let kafka = kafka.clone();
+        let snapshots = snapshots.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
+            let user_partitions = match &kafka {
+                Some(k) => match ingest::kafka::prepare(k, n).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = load_done_tx.send(Err(format!("kafka: {e}")));
+                        return;
+                    }
+                },
+                None => 0,
+            };
+            let loader = state.clone();
+            let (kafka_, snapshots_) = (kafka.clone(), snapshots.clone());
             let res = tokio::task::spawn_blocking(move || {
-                ingest::load_or_restore(&source, index, n, light, snapshot_dir.as_deref())
+                let (kafka, snapshots) = (kafka_, snapshots_);
+                let light = loader.models.light.clone();
+                let mut loaded =
+                    ingest::load_or_restore(&source, index, n, light, snapshot_dir.as_deref())
+                        .map_err(|e| e.to_string())?;
+                let consumer = match &kafka {
+                    Some(k) => {
+                        let mut c = ingest::kafka::open(k, index, user_partitions, &loaded.kafka)
+                            .map_err(|e| format!("kafka: {e}"))?;
+                        ingest::kafka::catch_up(&mut c, &mut loaded.store, k, &loader.metrics);
+                        if let Some(s) = &snapshots {
+                            ingest::kafka::snapshot(
+                                &loaded.store,
+                                &c,
+                                s,
+                                index,
+                                n,
+                                &loader.metrics,
+                            );
+                        }
+                        Some(c)
+                    }
+                    None => None,
+                };
+                Ok::<_, String>((loaded, consumer))
             })
             .await;
             match res {
-                Ok(Ok(loaded)) => {
+                Ok(Ok((loaded, consumer))) => {
                     let ingest::Loaded {
                         store,
                         report,
                         live_position,
                         restored,
+                        ..
                     } = loaded;
                     state
                         .live_position
@@ -146,26 +194,22 @@ async fn main() -> ExitCode {
                         secs = t0.elapsed().as_secs_f64(),
                         "partition loaded: serving"
                     );
-                    state.metrics.posts.set(store.len() as i64);
-                    state
-                        .metrics
-                        .watermark_seconds
-                        .set(store.watermark_ms as f64 / 1e3);
-                    state.metrics.post_bytes.set(store.post_bytes() as i64);
-                    state
-                        .metrics
-                        .duplicate_posts
-                        .set(store.stats.duplicate_posts as i64);
-                    state
-                        .metrics
-                        .late_events
-                        .set(store.stats.late_engagements as i64);
+                    ingest::publish(&state.metrics, &store, &[]);
                     let _ = state.store.set(RwLock::new(store));
                     health.set(true).await;
                     let _ = load_done_tx.send(Ok(()));
+                    if let (Some(c), Some(k)) = (consumer, kafka) {
+                        let state = state.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("kafka-ingest".into())
+                            .spawn(move || ingest::kafka::run(c, state, k, snapshots));
+                        if let Err(e) = spawned {
+                            tracing::error!(error = %e, "kafka: cannot start the ingest thread");
+                        }
+                    }
                 }
                 Ok(Err(e)) => {
-                    let _ = load_done_tx.send(Err(e.to_string()));
+                    let _ = load_done_tx.send(Err(e));
                 }
                 Err(e) => {
                     let _ = load_done_tx.send(Err(format!("loading task failed: {e}")));
@@ -182,12 +226,7 @@ async fn main() -> ExitCode {
     };
 
     if let Some((spec, rate)) = live {
-        let snapshots = cfg.snapshot_dir.clone().map(|dir| ingest::LiveSnapshots {
-            dir,
-            every: Duration::from_secs(cfg.snapshot_interval_secs.max(1)),
-            source: source.clone(),
-        });
-        tokio::spawn(ingest::run_live(state.clone(), spec, rate, snapshots));
+        tokio::spawn(ingest::live::run_live(state.clone(), spec, rate, snapshots));
     }
     let shutdown = serving::Shutdown::on_signal(health.clone());
     let shed_state = state.clone();

@@ -25,6 +25,11 @@ pub struct Stage {
     pub stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Topic {
+    pub topic: String,
+}
+
 pub struct ShardMetrics {
     pub requests: Family<Code, Counter>,
     pub candidates: Family<Stage, Counter>,
@@ -39,6 +44,10 @@ pub struct ShardMetrics {
     pub watermark_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub duplicate_posts: Gauge,
     pub late_events: Gauge,
+    pub consumer_lag: Family<Topic, Gauge>,
+    pub events_replayed: Counter,
+    pub events_misrouted: Gauge,
+    pub last_snapshot_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl ShardMetrics {
@@ -59,6 +68,10 @@ impl ShardMetrics {
             watermark_seconds: Gauge::default(),
             duplicate_posts: Gauge::default(),
             late_events: Gauge::default(),
+            consumer_lag: Family::default(),
+            events_replayed: Counter::default(),
+            events_misrouted: Gauge::default(),
+            last_snapshot_seconds: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -100,7 +113,7 @@ impl ShardMetrics {
         );
         r.register(
             "events_malformed",
-            "Malformed event lines skipped (logged with their line numbers)",
+            "Malformed events skipped (logged with their line number or offset; dead-lettered with Kafka)",
             m.events_malformed.clone(),
         );
         r.register(
@@ -128,6 +141,27 @@ impl ShardMetrics {
             "late_events",
             "Engagements older than the kept 60-second windows (left out of the velocity)",
             m.late_events.clone(),
+        );
+        r.register(
+            "consumer_lag_events",
+            "Kafka records not yet applied, per topic (partition end minus position)",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "events_replayed",
+            "Kafka records at offsets already applied, skipped (a replay never counts twice)",
+            m.events_replayed.clone(),
+        );
+        r.register(
+            "events_misrouted",
+            "Records on this shard's partition of the post topic for posts another shard owns (ignored: a producer without the md5 partitioner)",
+            m.events_misrouted.clone(),
+        );
+        r.register_with_unit(
+            "last_snapshot_timestamp",
+            "When the last snapshot of the partition was written (Unix time; age = time() - this)",
+            Unit::Seconds,
+            m.last_snapshot_seconds.clone(),
         );
         m
     }

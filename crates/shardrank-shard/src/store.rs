@@ -113,6 +113,9 @@ pub struct IngestStats {
     pub orphan_engagements: u64,
     /// Engagements older than the kept windows (counted in the totals, not the windows).
     pub late_engagements: u64,
+    /// Post events on this shard's partition of the post topic for another shard's
+    /// posts (a producer without the md5 partitioner): ignored.
+    pub misrouted: u64,
 }
 
 pub struct PostStore {
@@ -323,11 +326,10 @@ impl PostStore {
                     self.refresh_author(a);
                 }
             }
-            (Event::NewTweet(t), Feed::Posts) => {
-                if owned {
-                    self.add_tweet(t, true, false);
-                }
+            (Event::NewTweet(_) | Event::Engagement(_), Feed::Posts) if !owned => {
+                self.stats.misrouted += 1;
             }
+            (Event::NewTweet(t), Feed::Posts) => self.add_tweet(t, true, false),
             _ => self.apply_whole(e, owned),
         }
     }

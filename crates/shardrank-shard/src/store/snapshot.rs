@@ -122,6 +122,7 @@ impl PostStore {
                 s.engagements_applied,
                 s.orphan_engagements,
                 s.late_engagements,
+                s.misrouted,
             ] {
                 w.put(&x.to_le_bytes())?;
             }
@@ -210,7 +211,7 @@ impl PostStore {
         }
         let mut store = PostStore::new(index, num_shards, light);
         store.watermark_ms = i64::from_le_bytes(r.take()?);
-        let mut counts = [0u64; 6];
+        let mut counts = [0u64; 7];
         for c in &mut counts {
             *c = u64::from_le_bytes(r.take()?);
         }
@@ -221,6 +222,7 @@ impl PostStore {
             engagements_applied: counts[3],
             orphan_engagements: counts[4],
             late_engagements: counts[5],
+            misrouted: counts[6],
         };
         let n = u64::from_le_bytes(r.take()?) as usize;
         // A bound before allocating: a corrupt count must not ask for terabytes.

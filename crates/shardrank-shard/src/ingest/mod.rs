@@ -1,6 +1,9 @@
-//! Builds the partition from the start-up event source, then keeps it current from the
-//! live stream (the built-in generator now; Kafka with the ingestion work) through the
-//! same `PostStore::apply`.
+//! Builds the partition from the start-up event source (or its snapshot), then keeps it
+//! current from a live stream through the same `PostStore::apply`: the built-in
+//! generator ([`live`]) or Kafka ([`kafka`]).
+
+pub mod kafka;
+pub mod live;
 
 use crate::store::{PostStore, APPLY_BATCH};
 use shardrank_core::events::{EventError, ReadReport};
@@ -43,6 +46,8 @@ pub struct Loaded {
     pub store: PostStore,
     pub report: ReadReport,
     pub live_position: u64,
+    /// Kafka positions the store reflects (from its snapshot).
+    pub kafka: Vec<(String, i32, i64)>,
     /// Loaded from a snapshot rather than rebuilt from the source.
     pub restored: bool,
 }
@@ -65,6 +70,7 @@ pub fn load_or_restore(
                     store,
                     report: ReadReport::default(),
                     live_position: meta.live_position,
+                    kafka: meta.kafka,
                     restored: true,
                 })
             }
@@ -77,29 +83,33 @@ pub fn load_or_restore(
         }
     }
     let (store, report) = load(source, index, num_shards, light)?;
-    if let Some(f) = &file {
-        write_snapshot(&store, f, source, 0);
+    // Nothing to keep of an empty start (Kafka alone): the catch-up snapshots.
+    if let (Some(f), false) = (&file, matches!(source, Source::Empty)) {
+        write_snapshot(&store, f, source, 0, Vec::new());
     }
     Ok(Loaded {
         store,
         report,
         live_position: 0,
+        kafka: Vec::new(),
         restored: false,
     })
 }
 
-/// Writes a snapshot; a failure is logged (the shard serves on without it).
+/// Writes a snapshot; a failure is logged (the shard serves on without it). Returns
+/// whether it was written.
 pub fn write_snapshot(
     store: &PostStore,
     file: &std::path::Path,
     source: &Source,
     live_position: u64,
-) {
+    kafka: Vec<(String, i32, i64)>,
+) -> bool {
     let t0 = std::time::Instant::now();
     let meta = crate::store::SnapshotMeta {
         source: source.describe(),
         live_position,
-        kafka: Vec::new(),
+        kafka,
     };
     match store.write_snapshot(file, &meta) {
         Ok(()) => tracing::info!(
@@ -109,89 +119,47 @@ pub fn write_snapshot(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "snapshot written"
         ),
-        Err(e) => tracing::warn!(file = %file.display(), error = %e, "writing the snapshot failed"),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "writing the snapshot failed");
+            return false;
+        }
     }
+    true
 }
 
-/// Where and how often the live loop snapshots the store.
+/// Where and how often a live loop snapshots the store.
+#[derive(Clone)]
 pub struct LiveSnapshots {
     pub dir: std::path::PathBuf,
     pub every: std::time::Duration,
     pub source: Source,
 }
 
-/// Applies the built-in live stream to the loaded store, for ever: every 10 ms the events
-/// due by then, in one short write-locked batch (requests wait at most that long). It
-/// resumes at the position the store was restored at, and snapshots it now and then.
-pub async fn run_live(
-    state: std::sync::Arc<crate::service::ShardState>,
-    spec: shardrank_core::corpus::CorpusSpec,
-    rate: f64,
-    snapshots: Option<LiveSnapshots>,
+/// Seconds since the Unix epoch, for the last-snapshot metric.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Publishes what the store holds after live events were applied.
+pub fn publish(
+    m: &crate::metrics::ShardMetrics,
+    store: &PostStore,
+    events: &[&shardrank_core::events::Event],
 ) {
     use crate::metrics::EventType;
-    let mut generator = shardrank_core::live::LiveGenerator::new(&spec, rate);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Waits for the partition, then replays the stream up to the restored position
-    // (regenerated, not re-applied: the snapshot holds their effect).
-    let store = loop {
-        tick.tick().await;
-        if let Some(s) = state.store.get() {
-            break s;
-        }
-    };
-    let resume = state
-        .live_position
-        .load(std::sync::atomic::Ordering::Acquire);
-    for _ in 0..resume {
-        generator.next_event();
+    for e in events {
+        m.events_applied
+            .get_or_create(&EventType {
+                r#type: e.type_name(),
+            })
+            .inc();
     }
-    let start =
-        tokio::time::Instant::now() - std::time::Duration::from_secs_f64(resume as f64 / rate);
-    let mut last_snapshot = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        if let Some(s) = &snapshots {
-            if last_snapshot.elapsed() >= s.every {
-                last_snapshot = tokio::time::Instant::now();
-                let file = crate::store::snapshot_path(&s.dir, state.index, state.num_shards);
-                let position = generator.generated();
-                // Under the read lock, so the file is the store at exactly `position`.
-                tokio::task::block_in_place(|| {
-                    let st = store.read().unwrap_or_else(|p| p.into_inner());
-                    write_snapshot(&st, &file, &s.source, position);
-                });
-            }
-        }
-        let events = generator.take_due(start.elapsed().as_secs_f64(), 50_000);
-        if events.is_empty() {
-            continue;
-        }
-        let (posts, watermark, duplicates, late) = {
-            let mut st = store.write().unwrap_or_else(|p| p.into_inner());
-            for e in &events {
-                st.apply(e);
-            }
-            let s = &st.stats;
-            (
-                st.len(),
-                st.watermark_ms,
-                s.duplicate_posts,
-                s.late_engagements,
-            )
-        };
-        state.metrics.duplicate_posts.set(duplicates as i64);
-        state.metrics.late_events.set(late as i64);
-        let m = &state.metrics;
-        for e in &events {
-            m.events_applied
-                .get_or_create(&EventType {
-                    r#type: e.type_name(),
-                })
-                .inc();
-        }
-        m.posts.set(posts as i64);
-        m.watermark_seconds.set(watermark as f64 / 1e3);
-    }
+    m.posts.set(store.len() as i64);
+    m.post_bytes.set(store.post_bytes() as i64);
+    m.watermark_seconds.set(store.watermark_ms as f64 / 1e3);
+    m.duplicate_posts.set(store.stats.duplicate_posts as i64);
+    m.late_events.set(store.stats.late_engagements as i64);
+    m.events_misrouted.set(store.stats.misrouted as i64);
 }

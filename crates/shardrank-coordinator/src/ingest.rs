@@ -1,0 +1,171 @@
+//! The user store's live streams: the built-in generator, or Kafka's user topic (every
+//! partition: profiles, follows, blocks, mutes and who posted), read from the beginning
+//! at start-up (the store is rebuilt from the topic, no snapshot) up to the ends as they
+//! were, then applied as it arrives, positions committed after applying.
+
+use crate::metrics::{CoordinatorMetrics, EventType, Topic};
+use crate::users::UserStore;
+use shardrank_core::events::Event;
+use shardrank_kafka::{Assignment, ConsumerOptions, EventConsumer, Start};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+fn count_applied(metrics: &CoordinatorMetrics, events: &[Event], watermark_ms: i64) {
+    for e in events {
+        metrics
+            .events_applied
+            .get_or_create(&EventType {
+                r#type: e.type_name(),
+            })
+            .inc();
+    }
+    metrics.watermark_seconds.set(watermark_ms as f64 / 1e3);
+}
+
+/// Applies the built-in live stream to the user store, for ever (follows, blocks and
+/// mutes change what Rank and Timeline see on the next request; every event moves the
+/// watermark, the clock of features). The same stream the shards apply.
+pub async fn run_live(
+    users: Arc<RwLock<UserStore>>,
+    metrics: Arc<CoordinatorMetrics>,
+    spec: shardrank_core::corpus::CorpusSpec,
+    rate: f64,
+) {
+    let mut generator = shardrank_core::live::LiveGenerator::new(&spec, rate);
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let events = generator.take_due(start.elapsed().as_secs_f64(), 50_000);
+        if events.is_empty() {
+            continue;
+        }
+        let watermark = {
+            let mut u = users.write().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                u.apply(e);
+            }
+            u.watermark_ms
+        };
+        count_applied(&metrics, &events, watermark);
+    }
+}
+
+/// The coordinator's Kafka flags, checked.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub user_topic: String,
+    pub group_id: String,
+    pub dead_letter_topic: String,
+}
+
+/// A consumer of every partition of the user topic from the beginning (created with
+/// `num_shards` partitions if missing); waits while the brokers are away.
+pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<EventConsumer, String> {
+    let (brokers, topic) = (k.brokers.clone(), k.user_topic.clone());
+    let existing = tokio::task::spawn_blocking(move || EventConsumer::partitions(&brokers, &topic))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let partitions = match existing {
+        Some(p) => p,
+        None => {
+            shardrank_kafka::topics::ensure(
+                &k.brokers,
+                &[(&k.user_topic, num_shards as usize)],
+                -1,
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            num_shards as usize
+        }
+    };
+    let parts: Vec<Assignment> = (0..partitions as i32)
+        .map(|partition| Assignment {
+            topic: k.user_topic.clone(),
+            partition,
+            start: Start::Beginning,
+        })
+        .collect();
+    EventConsumer::new(
+        &ConsumerOptions {
+            brokers: k.brokers.clone(),
+            group_id: k.group_id.clone(),
+            dead_letter_topic: Some(k.dead_letter_topic.clone()),
+        },
+        &parts,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Polls up to `max` events (waiting up to `wait` for the first), counting what was
+/// skipped.
+fn take(
+    c: &mut EventConsumer,
+    metrics: &CoordinatorMetrics,
+    max: usize,
+    wait: Duration,
+) -> Vec<Event> {
+    let batch = c.poll_batch(max, wait);
+    metrics.events_malformed.inc_by(batch.malformed);
+    metrics.events_replayed.inc_by(batch.replayed);
+    batch.records.into_iter().map(|r| r.event).collect()
+}
+
+fn apply(users: &mut UserStore, events: &[Event], metrics: &CoordinatorMetrics) {
+    for e in events {
+        users.apply(e);
+    }
+    count_applied(metrics, events, users.watermark_ms);
+}
+
+fn publish_lag(metrics: &CoordinatorMetrics, c: &EventConsumer) {
+    for (topic, lag) in c.lag() {
+        metrics
+            .consumer_lag
+            .get_or_create(&Topic { topic })
+            .set(lag);
+    }
+}
+
+/// Reads the user topic up to its ends as of now into `users` (blocking).
+pub fn catch_up(c: &mut EventConsumer, users: &mut UserStore, metrics: &CoordinatorMetrics) {
+    let t0 = Instant::now();
+    let targets = c.high_watermarks();
+    let mut n = 0;
+    while !c.reached(&targets) {
+        let events = take(c, metrics, 20_000, Duration::from_millis(200));
+        apply(users, &events, metrics);
+        n += events.len();
+    }
+    c.commit();
+    publish_lag(metrics, c);
+    tracing::info!(
+        events = n,
+        users = users.len(),
+        secs = t0.elapsed().as_secs_f64(),
+        "kafka: user topic read up to its ends at start"
+    );
+}
+
+/// Applies what arrives, for ever, in short write-locked batches (blocking: run it on a
+/// thread of its own).
+pub fn run(mut c: EventConsumer, users: Arc<RwLock<UserStore>>, metrics: Arc<CoordinatorMetrics>) {
+    let mut last_lag = Instant::now();
+    loop {
+        // Polled unlocked; applied in one short write-locked batch.
+        let events = take(&mut c, &metrics, 5_000, Duration::from_millis(50));
+        if !events.is_empty() {
+            let mut u = users.write().unwrap_or_else(|p| p.into_inner());
+            apply(&mut u, &events, &metrics);
+        }
+        c.commit();
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            last_lag = Instant::now();
+            publish_lag(&metrics, &c);
+        }
+    }
+}
