@@ -114,15 +114,42 @@ async fn malformed_lines_are_skipped_counted_and_nothing_else_is_lost() {
     }
     // The coordinator reads the same stream: it skips and counts the same lines.
     let log = std::fs::read_to_string(&corrupted.coordinator.log).unwrap();
-    let plain: String = log
-        .split('\x1b')
-        .map(|part| match part.strip_prefix('[') {
-            Some(rest) => rest.split_once('m').map_or(rest, |(_, t)| t),
-            None => part,
-        })
-        .collect();
+    let plain = shardrank_tests::plain(&log);
     assert!(
         plain.contains("malformed=3") && plain.contains("line 5000:"),
         "{plain}"
     );
+
+    // With --dead-letter-file the skipped lines are kept, as they were, with their place.
+    let dead = dir.join("dead.jsonl");
+    let port = shardrank_tests::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut shard = shardrank_tests::Proc::spawn(
+        "shardrank-shard",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            "none".into(),
+            "--events".into(),
+            bad.display().to_string(),
+            "--dead-letter-file".into(),
+            dead.display().to_string(),
+        ],
+        dir.join("dead-letter-shard.log"),
+    );
+    shardrank_tests::wait_serving(&url, "", &mut shard, Duration::from_secs(60)).await;
+    let kept: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    for (k, n) in bad_line_numbers.iter().enumerate() {
+        assert_eq!(kept[k]["line"], *n as u64);
+        assert_eq!(kept[k]["source"], bad.display().to_string());
+        assert!(!kept[k]["error"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(kept[1]["raw"], "this is not json");
+    assert!(kept[0]["error"].as_str().unwrap().contains("tweet_id"));
 }

@@ -539,3 +539,172 @@ async fn a_shard_killed_mid_stream_resumes_from_its_snapshot_without_loss_or_dou
     let (_, m) = http_get(&format!("{}/metrics", c.shard_admin[0])).await;
     assert!(metric(&m, "shardrank_shard_last_snapshot_timestamp_seconds").unwrap() > 1.7e9);
 }
+
+fn owned_id(shard: u32, n: u32) -> u64 {
+    (9_100_000_000_000u64..)
+        .find(|&id| shard_of(id, n) == shard)
+        .unwrap()
+}
+
+fn new_post(id: u64, author: u64, t: i64) -> Event {
+    Event::NewTweet(NewTweet {
+        id,
+        author_id: author,
+        created_at: t,
+        lang: shardrank_core::lang::parse("en").unwrap(),
+        has_media: false,
+        reply_to: None,
+        text_len: 80,
+        likes: 0,
+        retweets: 0,
+        replies: 0,
+    })
+}
+
+/// Whether shard `index` of `n` at `url` holds post `id` (ranks it).
+async fn holds(url: &str, index: u32, n: u32, id: u64) -> bool {
+    let Ok(mut s) = ShardClient::connect(url.to_string()).await else {
+        return false;
+    };
+    s.rank(ShardRankRequest {
+        shard_index: index,
+        num_shards: n,
+        user: Some(UserContext::default()),
+        candidate_ids: vec![id],
+        heavy_count: 1,
+        ..Default::default()
+    })
+    .await
+    .is_ok_and(|r| r.into_inner().ids == [id])
+}
+
+async fn wait_holds(url: &str, index: u32, n: u32, id: u64) {
+    let t0 = Instant::now();
+    while !holds(url, index, n, id).await {
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "post {id} never became rankable on shard {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_counted_dead_lettered_and_the_partition_goes_on() {
+    let broker = Broker::start();
+    let dir = scratch_dir("kafka-dead");
+    let file = gen_tiny(&dir);
+    let events = read_file(&file);
+    let now = events.iter().map(Event::time).max().unwrap();
+    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    let c = Cluster::start(2, &["--kafka-brokers", &broker.addr]).await;
+    // Where the bad message lands: after the file's events of partition 0.
+    let offset = events
+        .iter()
+        .filter(|e| match e {
+            Event::NewTweet(t) => shard_of(t.id, 2) == 0,
+            Event::Engagement(g) => shard_of(g.tweet_id, 2) == 0,
+            _ => false,
+        })
+        .count();
+    let producer = EventProducer::new(&broker.addr, "tweet_events", "user_events", 2).unwrap();
+    let bad = br#"{"type":"like","user_id":1,"tweet_id":"#;
+    producer
+        .raw
+        .send("tweet_events", 0, b"1", bad, None)
+        .unwrap();
+    let id = owned_id(0, 2);
+    producer.send_event(&new_post(id, 5, now)).unwrap();
+    producer.raw.flush(Duration::from_secs(10)).unwrap();
+
+    // The event after it is applied: the partition did not stall.
+    wait_holds(&c.shard_urls[0], 0, 2, id).await;
+    let (_, m) = http_get(&format!("{}/metrics", c.shard_admin[0])).await;
+    assert_eq!(
+        metric(&m, "shardrank_shard_events_malformed_total"),
+        Some(1.0)
+    );
+    let log = plain(&std::fs::read_to_string(&c.shards[0].log).unwrap());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("malformed event skipped")
+                && l.contains(&format!("offset={offset}"))),
+        "no log line naming offset {offset}:\n{log}"
+    );
+    // In the dead-letter topic, as it was, with where it came from and why.
+    let t0 = Instant::now();
+    let dead = loop {
+        let d = shardrank_kafka::read_all(&broker.addr, "dead_letters", Duration::from_secs(10))
+            .unwrap();
+        if !d.is_empty() || t0.elapsed() > TIMEOUT {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let h = |k: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(dead[0].payload, bad);
+    assert_eq!(h("source_topic"), "tweet_events");
+    assert_eq!(h("source_partition"), "0");
+    assert_eq!(h("source_offset"), offset.to_string());
+    assert_eq!(h("consumer_group"), "shardrank-shard-0-of-2");
+    assert!(h("error").contains("invalid JSON"), "{}", h("error"));
+    // Shard 1 never saw it.
+    let (_, m) = http_get(&format!("{}/metrics", c.shard_admin[1])).await;
+    assert_eq!(
+        metric(&m, "shardrank_shard_events_malformed_total"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_goes_away_is_waited_out_and_the_cluster_serves_meanwhile() {
+    let mut broker = Broker::start();
+    let dir = scratch_dir("kafka-away");
+    let file = gen_tiny(&dir);
+    let events = read_file(&file);
+    let now = events.iter().map(Event::time).max().unwrap();
+    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    let c = Cluster::start(2, &["--kafka-brokers", &broker.addr]).await;
+    let facts = Facts::of("tiny", 42);
+    let mut client = c.client().await;
+    let req = RankRequest {
+        user_id: facts.users[3],
+        candidate_ids: facts.tweets[..2000].to_vec(),
+        top_k: 50,
+        ..Default::default()
+    };
+
+    broker.stop();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        let r = client.rank(req.clone()).await.unwrap().into_inner();
+        assert_eq!(r.candidates.len(), 50);
+        assert!(r.missing_shards.is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.restart();
+    let producer = EventProducer::new(&broker.addr, "tweet_events", "user_events", 2).unwrap();
+    let id = owned_id(1, 2);
+    producer.send_event(&new_post(id, 9, now)).unwrap();
+    producer.raw.flush(Duration::from_secs(20)).unwrap();
+    wait_holds(&c.shard_urls[1], 1, 2, id).await;
+    let r = client
+        .rank(RankRequest {
+            user_id: facts.users[3],
+            candidate_ids: vec![id],
+            top_k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.candidates.len(), 1);
+}

@@ -369,9 +369,20 @@ impl ReadReport {
 /// skipped. An unsupported schema version always stops it: the whole stream is of a
 /// format this build does not read.
 pub fn read_events<R: BufRead>(
+    reader: R,
+    on_malformed: OnMalformed,
+    apply: impl FnMut(Event),
+) -> Result<ReadReport, EventError> {
+    read_events_with(reader, on_malformed, apply, |_, _, _| {})
+}
+
+/// [`read_events`], handing each skipped line to `reject` as (line number, the line's
+/// bytes, what was wrong): the dead-letter file's writer.
+pub fn read_events_with<R: BufRead>(
     mut reader: R,
     on_malformed: OnMalformed,
     mut apply: impl FnMut(Event),
+    mut reject: impl FnMut(u64, &[u8], &str),
 ) -> Result<ReadReport, EventError> {
     let mut buf = Vec::new();
     let mut line_no = 0u64;
@@ -398,6 +409,10 @@ pub fn read_events<R: BufRead>(
             Ok(_) => {}
             Err(e @ EventError::Malformed { .. }) if on_malformed == OnMalformed::Skip => {
                 report.malformed += 1;
+                if let EventError::Malformed { msg, .. } = &e {
+                    let raw = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    reject(line_no, raw, msg);
+                }
                 if report.skipped.len() < ReadReport::KEPT {
                     report.skipped.push(e.to_string());
                 }

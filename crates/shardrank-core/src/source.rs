@@ -3,7 +3,8 @@
 //! same stream.
 
 use crate::corpus::{generate, CorpusSpec, DEFAULT_SEED};
-use crate::events::{read_events, Event, EventError, OnMalformed, ReadReport};
+use crate::events::{read_events_with, Event, EventError, OnMalformed, ReadReport};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The data flags shared by `shardrank-shard` and `shardrank-coordinator`.
@@ -27,6 +28,11 @@ pub struct DataArgs {
     /// line is still applied.
     #[arg(long)]
     pub strict: bool,
+    /// Append each malformed line of --events skipped to this file, as one JSON object
+    /// per line: the source file, its line number, what was wrong and the line itself.
+    /// (With Kafka, malformed messages go to the dead-letter topic instead.)
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter_file: Option<PathBuf>,
     /// After loading, apply the built-in live event stream at this many events per
     /// second (new posts, engagement, follows, blocks, mutes after the corpus' end; the
     /// same stream on every process); 0 turns it off. Users come from --corpus.
@@ -40,6 +46,7 @@ pub enum Source {
     File {
         path: PathBuf,
         strict: bool,
+        dead_letters: Option<PathBuf>,
     },
     /// Nothing at start-up: everything comes from the live stream (Kafka).
     Empty,
@@ -78,9 +85,17 @@ impl DataArgs {
             Some(path) => {
                 std::fs::File::open(path)
                     .map_err(|e| format!("--events {}: {e}", path.display()))?;
+                if let Some(d) = &self.dead_letter_file {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(d)
+                        .map_err(|e| format!("--dead-letter-file {}: {e}", d.display()))?;
+                }
                 Ok(Source::File {
                     path: path.clone(),
                     strict: self.strict,
+                    dead_letters: self.dead_letter_file.clone(),
                 })
             }
             None => CorpusSpec::named(self.corpus_name(), self.corpus_seed)
@@ -111,7 +126,11 @@ impl Source {
                     ..Default::default()
                 })
             }
-            Source::File { path, strict } => {
+            Source::File {
+                path,
+                strict,
+                dead_letters,
+            } => {
                 let f = std::fs::File::open(path)?;
                 let mode = if *strict {
                     OnMalformed::Stop
@@ -119,7 +138,40 @@ impl Source {
                     OnMalformed::Skip
                 };
                 let reader = std::io::BufReader::with_capacity(1 << 20, f);
-                read_events(reader, mode, apply).map_err(|e| match e {
+                let mut dead = match dead_letters {
+                    Some(d) => Some(std::io::BufWriter::new(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(d)?,
+                    )),
+                    None => None,
+                };
+                let mut dead_err = None;
+                let source = path.display().to_string();
+                let res = read_events_with(reader, mode, apply, |line, raw, error| {
+                    if let (Some(w), None) = (&mut dead, &dead_err) {
+                        let entry = serde_json::json!({
+                            "source": source,
+                            "line": line,
+                            "error": error,
+                            "raw": String::from_utf8_lossy(raw),
+                        });
+                        if let Err(e) = serde_json::to_writer(&mut *w, &entry)
+                            .map_err(std::io::Error::from)
+                            .and_then(|_| w.write_all(b"\n"))
+                        {
+                            dead_err = Some(e);
+                        }
+                    }
+                });
+                if let Some(w) = &mut dead {
+                    w.flush()?;
+                }
+                if let Some(e) = dead_err {
+                    return Err(EventError::Io(e));
+                }
+                res.map_err(|e| match e {
                     EventError::Malformed { line, msg } => EventError::Malformed {
                         line,
                         msg: format!("{}: {msg}", path.display()),

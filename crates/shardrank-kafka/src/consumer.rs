@@ -125,6 +125,7 @@ pub struct EventConsumer {
     parts: Vec<Part>,
     dead_letters: Option<(RawProducer, String)>,
     brokers: String,
+    group: String,
 }
 
 impl EventConsumer {
@@ -164,6 +165,7 @@ impl EventConsumer {
             parts,
             dead_letters,
             brokers: opts.brokers.clone(),
+            group: opts.group_id.clone(),
         })
     }
 
@@ -247,7 +249,7 @@ impl EventConsumer {
             "malformed event skipped"
         );
         if let Some((producer, dlt)) = &self.dead_letters {
-            let headers = dead_letter_headers(topic, partition, offset, error);
+            let headers = dead_letter_headers(topic, partition, offset, &self.group, error);
             if let Err(e) = producer.send(dlt, 0, key, payload, Some(headers)) {
                 tracing::warn!(topic, partition, offset, error = %e, "dead-lettering failed");
             }

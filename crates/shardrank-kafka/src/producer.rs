@@ -167,11 +167,18 @@ impl EventProducer {
     }
 }
 
-/// The headers a dead-lettered message carries: where it came from and why.
-pub fn dead_letter_headers(topic: &str, partition: i32, offset: i64, error: &str) -> OwnedHeaders {
+/// The headers a dead-lettered message carries: where it came from, who refused it
+/// (every consumer group of a topic dead-letters on its own) and why.
+pub fn dead_letter_headers(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    group: &str,
+    error: &str,
+) -> OwnedHeaders {
     let partition = partition.to_string();
     let offset = offset.to_string();
-    OwnedHeaders::new_with_capacity(4)
+    OwnedHeaders::new_with_capacity(5)
         .insert(Header {
             key: "source_topic",
             value: Some(topic),
@@ -183,6 +190,10 @@ pub fn dead_letter_headers(topic: &str, partition: i32, offset: i64, error: &str
         .insert(Header {
             key: "source_offset",
             value: Some(&offset),
+        })
+        .insert(Header {
+            key: "consumer_group",
+            value: Some(group),
         })
         .insert(Header {
             key: "error",
