@@ -408,6 +408,28 @@ async fn live_events_move_the_ranking_block_authors_and_fill_the_in_network_sour
         .unwrap()
             > 0.0
     );
+    // Fanned out on write: into the follower's inbox, and published to timeline_updates.
+    assert!(metric(&m, "shardrank_coordinator_fanout_deliveries_total").unwrap() >= 1.0);
+    let t0 = Instant::now();
+    loop {
+        let msgs =
+            shardrank_kafka::read_all(&broker.addr, "timeline_updates", Duration::from_secs(10))
+                .unwrap();
+        let delivered = msgs.iter().any(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            v["updates"].as_array().unwrap().iter().any(|u| {
+                u["user_id"] == follower && u["tweet_id"] == post && u["author_id"] == followee
+            })
+        });
+        if delivered {
+            break;
+        }
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "no timeline update for the follower: {msgs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

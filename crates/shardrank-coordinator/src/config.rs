@@ -57,6 +57,12 @@ pub struct CoordinatorConfig {
     /// (see `shardrank produce`).
     #[arg(long, default_value = shardrank_kafka::USER_TOPIC, value_name = "TOPIC")]
     pub kafka_user_topic: String,
+    /// Where the fan-out's inbox deliveries are published, in messages of up to 100
+    /// (`{"updates":[{"user_id","tweet_id","author_id","created_at"}...]}`), for timeline
+    /// caches downstream; `none` turns it off. With several coordinators, let one
+    /// publish (each fans out into its own inboxes).
+    #[arg(long, default_value = shardrank_kafka::TIMELINE_TOPIC, value_name = "TOPIC")]
+    pub kafka_timeline_topic: String,
     /// Consumer group the positions are committed under after each applied batch.
     #[arg(long, default_value = "shardrank-coordinator", value_name = "GROUP")]
     pub kafka_group_id: String,
@@ -251,6 +257,9 @@ impl CoordinatorConfig {
         if let Some(b) = &self.kafka_brokers {
             shardrank_kafka::check_brokers(b)?;
             shardrank_kafka::check_topic("--kafka-user-topic", &self.kafka_user_topic)?;
+            if self.kafka_timeline_topic != "none" {
+                shardrank_kafka::check_topic("--kafka-timeline-topic", &self.kafka_timeline_topic)?;
+            }
             shardrank_kafka::check_topic(
                 "--kafka-dead-letter-topic",
                 &self.kafka_dead_letter_topic,
@@ -281,6 +290,8 @@ impl CoordinatorConfig {
         Some(crate::ingest::KafkaSettings {
             brokers: self.kafka_brokers.clone()?,
             user_topic: self.kafka_user_topic.clone(),
+            timeline_topic: (self.kafka_timeline_topic != "none")
+                .then(|| self.kafka_timeline_topic.clone()),
             group_id: self.kafka_group_id.clone(),
             dead_letter_topic: self.kafka_dead_letter_topic.clone(),
         })

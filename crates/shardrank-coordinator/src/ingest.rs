@@ -10,7 +10,12 @@ use shardrank_kafka::{Assignment, ConsumerOptions, EventConsumer, Start};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-fn count_applied(metrics: &CoordinatorMetrics, events: &[Event], watermark_ms: i64) {
+fn count_applied(metrics: &CoordinatorMetrics, events: &[Event], users: &UserStore) {
+    let watermark_ms = users.watermark_ms;
+    let delivered = users
+        .delivered
+        .saturating_sub(metrics.fanout_deliveries.get());
+    metrics.fanout_deliveries.inc_by(delivered);
     for e in events {
         metrics
             .events_applied
@@ -41,14 +46,11 @@ pub async fn run_live(
         if events.is_empty() {
             continue;
         }
-        let watermark = {
-            let mut u = users.write().unwrap_or_else(|p| p.into_inner());
-            for e in &events {
-                u.apply(e);
-            }
-            u.watermark_ms
-        };
-        count_applied(&metrics, &events, watermark);
+        let mut u = users.write().unwrap_or_else(|p| p.into_inner());
+        for e in &events {
+            u.apply(e);
+        }
+        count_applied(&metrics, &events, &u);
     }
 }
 
@@ -57,13 +59,64 @@ pub async fn run_live(
 pub struct KafkaSettings {
     pub brokers: String,
     pub user_topic: String,
+    /// Where inbox deliveries are published (None: not published).
+    pub timeline_topic: Option<String>,
     pub group_id: String,
     pub dead_letter_topic: String,
 }
 
+/// The user topic's consumer, and the publisher of the fan-out's deliveries.
+pub struct UserStream {
+    consumer: EventConsumer,
+    timeline: Option<(shardrank_kafka::RawProducer, String, usize)>,
+}
+
+impl UserStream {
+    /// Whether inbox deliveries are published (the store must keep them).
+    pub fn publishes_updates(&self) -> bool {
+        self.timeline.is_some()
+    }
+}
+
+/// Publishes deliveries in messages of up to 100, keyed and partitioned by the first
+/// recipient.
+fn publish_updates(
+    updates: &[crate::users::TimelineUpdate],
+    to: &(shardrank_kafka::RawProducer, String, usize),
+    metrics: &CoordinatorMetrics,
+) {
+    let (producer, topic, partitions) = to;
+    for chunk in updates.chunks(100) {
+        let body: Vec<String> = chunk
+            .iter()
+            .map(|u| {
+                format!(
+                    r#"{{"user_id":{},"tweet_id":{},"author_id":{},"created_at":{}}}"#,
+                    u.user_id, u.entry.tweet_id, u.entry.author_id, u.entry.created_at
+                )
+            })
+            .collect();
+        let payload = format!(r#"{{"updates":[{}]}}"#, body.join(","));
+        let key = chunk[0].user_id;
+        let partition = shardrank_core::routing::shard_of(key, *partitions as u32) as i32;
+        match producer.send(
+            topic,
+            partition,
+            key.to_string().as_bytes(),
+            payload.as_bytes(),
+            None,
+        ) {
+            Ok(()) => {
+                metrics.timeline_updates_published.inc();
+            }
+            Err(e) => tracing::warn!(topic, error = %e, "publishing timeline updates failed"),
+        };
+    }
+}
+
 /// A consumer of every partition of the user topic from the beginning (created with
 /// `num_shards` partitions if missing); waits while the brokers are away.
-pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<EventConsumer, String> {
+pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<UserStream, String> {
     let (brokers, topic) = (k.brokers.clone(), k.user_topic.clone());
     let existing = tokio::task::spawn_blocking(move || EventConsumer::partitions(&brokers, &topic))
         .await
@@ -90,7 +143,7 @@ pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<EventConsumer, S
             start: Start::Beginning,
         })
         .collect();
-    EventConsumer::new(
+    let consumer = EventConsumer::new(
         &ConsumerOptions {
             brokers: k.brokers.clone(),
             group_id: k.group_id.clone(),
@@ -98,7 +151,36 @@ pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<EventConsumer, S
         },
         &parts,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    let timeline = match &k.timeline_topic {
+        Some(t) => {
+            let (brokers, topic) = (k.brokers.clone(), t.clone());
+            let have =
+                tokio::task::spawn_blocking(move || EventConsumer::partitions(&brokers, &topic))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            let partitions = match have {
+                Some(p) => p,
+                None => {
+                    shardrank_kafka::topics::ensure(
+                        &k.brokers,
+                        &[(t, num_shards as usize)],
+                        -1,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    num_shards as usize
+                }
+            };
+            let producer =
+                shardrank_kafka::RawProducer::new(&k.brokers).map_err(|e| e.to_string())?;
+            Some((producer, t.clone(), partitions))
+        }
+        None => None,
+    };
+    Ok(UserStream { consumer, timeline })
 }
 
 /// Polls up to `max` events (waiting up to `wait` for the first), counting what was
@@ -119,7 +201,7 @@ fn apply(users: &mut UserStore, events: &[Event], metrics: &CoordinatorMetrics) 
     for e in events {
         users.apply(e);
     }
-    count_applied(metrics, events, users.watermark_ms);
+    count_applied(metrics, events, users);
 }
 
 fn publish_lag(metrics: &CoordinatorMetrics, c: &EventConsumer) {
@@ -132,7 +214,8 @@ fn publish_lag(metrics: &CoordinatorMetrics, c: &EventConsumer) {
 }
 
 /// Reads the user topic up to its ends as of now into `users` (blocking).
-pub fn catch_up(c: &mut EventConsumer, users: &mut UserStore, metrics: &CoordinatorMetrics) {
+pub fn catch_up(s: &mut UserStream, users: &mut UserStore, metrics: &CoordinatorMetrics) {
+    let c = &mut s.consumer;
     let t0 = Instant::now();
     let targets = c.high_watermarks();
     let mut n = 0;
@@ -153,19 +236,26 @@ pub fn catch_up(c: &mut EventConsumer, users: &mut UserStore, metrics: &Coordina
 
 /// Applies what arrives, for ever, in short write-locked batches (blocking: run it on a
 /// thread of its own).
-pub fn run(mut c: EventConsumer, users: Arc<RwLock<UserStore>>, metrics: Arc<CoordinatorMetrics>) {
+pub fn run(mut s: UserStream, users: Arc<RwLock<UserStore>>, metrics: Arc<CoordinatorMetrics>) {
+    let c = &mut s.consumer;
     let mut last_lag = Instant::now();
     loop {
         // Polled unlocked; applied in one short write-locked batch.
-        let events = take(&mut c, &metrics, 5_000, Duration::from_millis(50));
+        let events = take(c, &metrics, 5_000, Duration::from_millis(50));
         if !events.is_empty() {
-            let mut u = users.write().unwrap_or_else(|p| p.into_inner());
-            apply(&mut u, &events, &metrics);
+            let updates = {
+                let mut u = users.write().unwrap_or_else(|p| p.into_inner());
+                apply(&mut u, &events, &metrics);
+                u.take_updates()
+            };
+            if let (Some(t), false) = (&s.timeline, updates.is_empty()) {
+                publish_updates(&updates, t, &metrics);
+            }
         }
         c.commit();
         if last_lag.elapsed() >= Duration::from_secs(1) {
             last_lag = Instant::now();
-            publish_lag(&metrics, &c);
+            publish_lag(&metrics, c);
         }
     }
 }

@@ -208,6 +208,10 @@ async fn main() -> ExitCode {
         Ok(Err(e)) => return fail(e),
         Err(e) => return fail(format!("loading users: {e}")),
     };
+    let mut loaded = loaded;
+    // From now on new posts fan out to their authors' followers' inboxes.
+    loaded.fan_out = true;
+    loaded.collect_updates = consumer.as_ref().is_some_and(|c| c.publishes_updates());
     *users.write().unwrap_or_else(|p| p.into_inner()) = loaded;
     let (n_users, watermark_ms) = {
         let u = users.read().unwrap_or_else(|p| p.into_inner());

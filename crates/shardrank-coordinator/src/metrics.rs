@@ -95,6 +95,8 @@ pub struct CoordinatorMetrics {
     pub consumer_lag: Family<Topic, Gauge>,
     pub events_malformed: Counter,
     pub events_replayed: Counter,
+    pub fanout_deliveries: Counter,
+    pub timeline_updates_published: Counter,
 }
 
 impl CoordinatorMetrics {
@@ -125,6 +127,8 @@ impl CoordinatorMetrics {
             consumer_lag: Family::default(),
             events_malformed: Counter::default(),
             events_replayed: Counter::default(),
+            fanout_deliveries: Counter::default(),
+            timeline_updates_published: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("shardrank_coordinator");
         r.register(
@@ -250,6 +254,16 @@ impl CoordinatorMetrics {
             "events_replayed",
             "Kafka records at offsets already applied, skipped",
             m.events_replayed.clone(),
+        );
+        r.register(
+            "fanout_deliveries",
+            "New posts delivered to a follower's home inbox (fan-out on write)",
+            m.fanout_deliveries.clone(),
+        );
+        r.register(
+            "timeline_updates_published",
+            "Messages of up to 100 inbox deliveries published to the Kafka timeline topic",
+            m.timeline_updates_published.clone(),
         );
         m
     }

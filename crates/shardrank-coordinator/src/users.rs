@@ -1,6 +1,11 @@
 //! The user store: profiles, follows, blocks and mutes, built from the same event stream
 //! as the shards. Per request it gives the [`UserContext`] every shard ranks with.
 //!
+//! Fan-out on write: once the start-up load is done, a new post goes to the home inbox of
+//! every follower of its author (the most recent [`INBOX_CAP`] kept), which the
+//! in-network source reads; posts from before (the bulk load) are found by the shards'
+//! in-network retrieval instead (fan-out on read), as Twitter's timelines mixed both.
+//!
 //! Interests, in the spirit of SimClusters: a user's interest vector is the share of
 //! the accounts it follows that are known for each cluster (the top few), so it moves
 //! as soon as a follow does.
@@ -9,9 +14,28 @@ use shardrank_core::events::{Event, SocialKind};
 use shardrank_core::ids::IdMap;
 use shardrank_core::lang::{self, Lang};
 use shardrank_proto::v1::UserContext;
+use std::collections::VecDeque;
 
 /// How many interest clusters a user context carries.
 pub const INTEREST_CLUSTERS: usize = 8;
+
+/// Posts kept per home inbox (the most recent).
+pub const INBOX_CAP: usize = 800;
+
+/// A post in a home inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub tweet_id: u64,
+    pub author_id: u64,
+    pub created_at: i64,
+}
+
+/// One delivery of a fan-out: `entry` went to `user_id`'s inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineUpdate {
+    pub user_id: u64,
+    pub entry: InboxEntry,
+}
 
 #[derive(Default, Clone, Debug)]
 pub struct User {
@@ -30,20 +54,40 @@ pub struct UserStore {
     reports: IdMap<u32>,
     /// Per account, how many follow it (follows minus unfollows).
     followers: IdMap<u32>,
+    /// Per account, who follows it: the fan-out's recipients.
+    follower_lists: IdMap<Vec<u64>>,
+    inboxes: IdMap<VecDeque<InboxEntry>>,
+    /// Fan new posts out to followers' inboxes (on once the start-up load is done).
+    pub fan_out: bool,
+    /// Keep each delivery for [`Self::take_updates`] (the Kafka timeline_updates topic).
+    pub collect_updates: bool,
+    updates: Vec<TimelineUpdate>,
+    /// Inbox deliveries made.
+    pub delivered: u64,
     /// Newest event time applied: the clock features are computed at.
     pub watermark_ms: i64,
     pub events: u64,
 }
 
-fn insert_sorted(v: &mut Vec<u64>, x: u64) {
-    if let Err(pos) = v.binary_search(&x) {
-        v.insert(pos, x);
+/// Inserts `x` if absent; whether it was.
+fn insert_sorted(v: &mut Vec<u64>, x: u64) -> bool {
+    match v.binary_search(&x) {
+        Err(pos) => {
+            v.insert(pos, x);
+            true
+        }
+        Ok(_) => false,
     }
 }
 
-fn remove_sorted(v: &mut Vec<u64>, x: u64) {
-    if let Ok(pos) = v.binary_search(&x) {
-        v.remove(pos);
+/// Removes `x` if present; whether it was.
+fn remove_sorted(v: &mut Vec<u64>, x: u64) -> bool {
+    match v.binary_search(&x) {
+        Ok(pos) => {
+            v.remove(pos);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -59,26 +103,69 @@ impl UserStore {
             }
             Event::Social(s) => {
                 let u = self.users.entry(s.user_id).or_default();
-                match s.kind {
+                // Whether the follow graph changed (a repeated follow does not).
+                let changed = match s.kind {
                     SocialKind::Follow => insert_sorted(&mut u.followees, s.target_id),
                     SocialKind::Unfollow => remove_sorted(&mut u.followees, s.target_id),
                     SocialKind::Block => insert_sorted(&mut u.blocked, s.target_id),
                     SocialKind::Mute => insert_sorted(&mut u.muted, s.target_id),
-                }
+                };
                 match s.kind {
                     SocialKind::Block | SocialKind::Mute => {
                         *self.reports.entry(s.target_id).or_default() += 1
                     }
-                    SocialKind::Follow => *self.followers.entry(s.target_id).or_default() += 1,
+                    SocialKind::Follow => {
+                        *self.followers.entry(s.target_id).or_default() += 1;
+                        if changed {
+                            self.follower_lists
+                                .entry(s.target_id)
+                                .or_default()
+                                .push(s.user_id);
+                        }
+                    }
                     SocialKind::Unfollow => {
                         let n = self.followers.entry(s.target_id).or_default();
                         *n = n.saturating_sub(1);
+                        if let (true, Some(f)) =
+                            (changed, self.follower_lists.get_mut(&s.target_id))
+                        {
+                            f.retain(|&u| u != s.user_id);
+                        }
                     }
                 }
+            }
+            Event::NewTweet(t) if self.fan_out => {
+                let entry = InboxEntry {
+                    tweet_id: t.id,
+                    author_id: t.author_id,
+                    created_at: t.created_at,
+                };
+                let Some(followers) = self.follower_lists.get(&t.author_id) else {
+                    return;
+                };
+                for &f in followers {
+                    let inbox = self.inboxes.entry(f).or_default();
+                    inbox.push_front(entry);
+                    inbox.truncate(INBOX_CAP);
+                    if self.collect_updates {
+                        self.updates.push(TimelineUpdate { user_id: f, entry });
+                    }
+                }
+                self.delivered += followers.len() as u64;
             }
             // Posts and their engagement live on the shards.
             Event::NewTweet(_) | Event::Engagement(_) => {}
         }
+    }
+
+    /// `user_id`'s home inbox, most recent first.
+    pub fn inbox(&self, user_id: u64) -> impl Iterator<Item = &InboxEntry> {
+        self.inboxes.get(&user_id).into_iter().flatten()
+    }
+
+    /// The deliveries kept since the last call (with `collect_updates`).
+    pub fn take_updates(&mut self) -> Vec<TimelineUpdate> {
+        std::mem::take(&mut self.updates)
     }
 
     /// How many times `author` was blocked or muted.
@@ -197,6 +284,57 @@ mod tests {
         assert_eq!(c.excluded_authors, vec![20, 30]);
         assert_eq!(c.interest_clusters, vec![5, 9]);
         assert_eq!(c.interest_weights, vec![2.0 / 3.0, 1.0 / 3.0]);
+    }
+
+    fn post(id: u64, author: u64) -> Event {
+        Event::NewTweet(shardrank_core::events::NewTweet {
+            id,
+            author_id: author,
+            created_at: id as i64,
+            lang: 0,
+            has_media: false,
+            reply_to: None,
+            text_len: 10,
+            likes: 0,
+            retweets: 0,
+            replies: 0,
+        })
+    }
+
+    #[test]
+    fn new_posts_fan_out_to_followers_inboxes_once_live() {
+        let mut s = UserStore::default();
+        s.apply(&social(SocialKind::Follow, 1, 50));
+        s.apply(&social(SocialKind::Follow, 2, 50));
+        s.apply(&social(SocialKind::Follow, 2, 50)); // twice: delivered once
+        s.apply(&post(100, 50)); // the bulk load: not fanned out
+        assert_eq!(s.inbox(1).count(), 0);
+        s.fan_out = true;
+        s.collect_updates = true;
+        s.apply(&post(101, 50));
+        s.apply(&post(102, 60)); // nobody follows 60
+        let ids = |s: &UserStore, u| s.inbox(u).map(|e| e.tweet_id).collect::<Vec<_>>();
+        assert_eq!(ids(&s, 1), vec![101]);
+        assert_eq!(ids(&s, 2), vec![101]);
+        assert_eq!(s.delivered, 2);
+        let up = s.take_updates();
+        assert_eq!(up.len(), 2);
+        assert!(up
+            .iter()
+            .all(|u| u.entry.tweet_id == 101 && u.entry.author_id == 50));
+        assert!(s.take_updates().is_empty());
+        // Unfollowed: later posts no longer arrive; what arrived stays.
+        s.apply(&social(SocialKind::Unfollow, 1, 50));
+        s.apply(&post(103, 50));
+        assert_eq!(ids(&s, 1), vec![101]);
+        assert_eq!(ids(&s, 2), vec![103, 101]);
+        // Bounded: the most recent INBOX_CAP, newest first.
+        for k in 0..(INBOX_CAP as u64 + 10) {
+            s.apply(&post(1000 + k, 50));
+        }
+        let inbox = ids(&s, 2);
+        assert_eq!(inbox.len(), INBOX_CAP);
+        assert_eq!(inbox[0], 1000 + INBOX_CAP as u64 + 9);
     }
 
     #[test]

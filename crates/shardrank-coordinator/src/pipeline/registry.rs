@@ -138,7 +138,17 @@ pub fn build(name: &'static str, s: &mut Settings, env: &Env) -> Result<Componen
         })))
     };
     Ok(match name {
-        "in_network" => retrieve(CandidateSource::InNetwork, s, 1500, 48.0)?,
+        "in_network" => Component::Source(Box::new(sources::InNetwork {
+            retrieve: sources::Retrieve {
+                name,
+                source: CandidateSource::InNetwork,
+                shards: env.shards.clone(),
+                limit: s.usize("limit", 1500)?,
+                max_age_hours: s.f64("max_age_hours", 48.0)?,
+            },
+            users: env.users.clone(),
+            inbox: s.bool("inbox", true)?,
+        })),
         "out_of_network" => retrieve(CandidateSource::OutOfNetwork, s, 1000, 24.0)?,
         "trending" => retrieve(CandidateSource::Trending, s, 500, 24.0)?,
         "light_ranker" => Component::Hydrator(Box::new(rankers::LightRanker {

@@ -1,6 +1,7 @@
 //! Candidate sources of the home timeline. Each asks every shard for its partition's
 //! best posts for that source (see `shardrank_shard::retrieve`) and keeps the best
-//! `limit` of their union.
+//! `limit` of their union; the in-network source reads the user's home inbox (fan-out on
+//! write, [`crate::users`]) first.
 
 use super::fan_out::Shards;
 use super::{Candidate, Found, Query, Source};
@@ -86,6 +87,50 @@ impl Source for Retrieve {
                 .then(a.id.cmp(&b.id))
         });
         found.candidates.truncate(self.limit);
+        Ok(found)
+    }
+}
+
+/// The in-network source: the user's home inbox (posts fanned out to it since start-up,
+/// newest first), then the shards' retrieval by followed author for the rest (posts from
+/// before start-up: fan-out on read), without repeats, up to `limit`.
+pub struct InNetwork {
+    pub retrieve: Retrieve,
+    pub users: std::sync::Arc<std::sync::RwLock<crate::users::UserStore>>,
+    /// Read the inbox (false: retrieval alone).
+    pub inbox: bool,
+}
+
+#[tonic::async_trait]
+impl Source for InNetwork {
+    async fn fetch(&self, q: &Query) -> Result<Found, String> {
+        let since = q.now_ms - (self.retrieve.max_age_hours * 3_600_000.0) as i64;
+        let mut inbox: Vec<Candidate> = Vec::new();
+        if self.inbox {
+            let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+            // Unfollowed since delivery: no longer in-network.
+            let follows = |a: &u64| q.user.followees.binary_search(a).is_ok();
+            inbox.extend(
+                users
+                    .inbox(q.user_id)
+                    .filter(|e| e.created_at >= since && follows(&e.author_id))
+                    .take(self.retrieve.limit)
+                    .map(|e| Candidate::new(e.tweet_id, e.author_id, self.retrieve.name, f32::MAX)),
+            );
+        }
+        let mut found = match self.retrieve.fetch(q).await {
+            Ok(f) => f,
+            // The inbox alone still answers; the shards that failed are named.
+            Err(e) if !inbox.is_empty() => {
+                tracing::debug!(error = %e, "in-network retrieval failed: inbox only");
+                Found::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut seen: std::collections::HashSet<u64> = inbox.iter().map(|c| c.id).collect();
+        inbox.extend(found.candidates.drain(..).filter(|c| seen.insert(c.id)));
+        inbox.truncate(self.retrieve.limit);
+        found.candidates = inbox;
         Ok(found)
     }
 }
