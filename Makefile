@@ -1,5 +1,5 @@
 # shardrank: the two commands of the README, and the pieces they are made of.
-.PHONY: all build release demo test bench bench-scaling chaos microbench k8s-validate fmt lint clean
+.PHONY: all build release demo test bench bench-scaling chaos ingest-bench microbench k8s-validate fmt lint clean
 
 CARGO ?= cargo
 
@@ -33,6 +33,12 @@ bench-scaling: release
 # tests/tests/chaos.rs on the tiny corpus. CHAOS_ARGS=--quick runs the test sizes.
 chaos: release
 	SHARDRANK_BIN_DIR=target/release $(CARGO) run --release -q -p shardrank-tests --bin chaos -- $(CHAOS_ARGS)
+
+# Real-time ingestion figures (freshness, events applied per shard, ranking p99 while
+# ingesting) with the built-in stream and through Kafka (a local noida-db broker:
+# pip install noida-db==0.2.3), on the standard corpus; see BENCHMARKS.md.
+ingest-bench: release
+	SHARDRANK_BIN_DIR=target/release $(CARGO) run --release -q -p shardrank-tests --bin ingest
 
 # Render every Kubernetes overlay and validate it against the pinned schemas (needs
 # kubectl and `pip install kubernetes-validate`; .ci/run installs the latter).

@@ -62,6 +62,8 @@ pub struct Record {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message's timestamp (ms since the epoch; the producer's clock by default).
+    pub timestamp_ms: Option<i64>,
     pub event: Event,
 }
 
@@ -191,6 +193,7 @@ impl EventConsumer {
             timeout = Duration::ZERO;
             let (topic, partition, offset) =
                 (msg.topic().to_string(), msg.partition(), msg.offset());
+            let timestamp_ms = msg.timestamp().to_millis();
             let payload = msg.payload().unwrap_or_default().to_vec();
             let key = msg.key().unwrap_or_default().to_vec();
             drop(msg);
@@ -219,6 +222,7 @@ impl EventConsumer {
                     topic,
                     partition,
                     offset,
+                    timestamp_ms,
                     event,
                 }),
                 Err(e) => {

@@ -48,6 +48,7 @@ pub struct ShardMetrics {
     pub events_replayed: Counter,
     pub events_misrouted: Gauge,
     pub last_snapshot_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub ingest_delay: Histogram,
 }
 
 impl ShardMetrics {
@@ -72,6 +73,8 @@ impl ShardMetrics {
             events_replayed: Counter::default(),
             events_misrouted: Gauge::default(),
             last_snapshot_seconds: Gauge::default(),
+            // 0.25 ms .. 8 s.
+            ingest_delay: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
         };
         let r = registry.sub_registry_with_prefix("shardrank_shard");
         r.register(
@@ -156,6 +159,12 @@ impl ShardMetrics {
             "events_misrouted",
             "Records on this shard's partition of the post topic for posts another shard owns (ignored: a producer without the md5 partitioner)",
             m.events_misrouted.clone(),
+        );
+        r.register_with_unit(
+            "ingest_delay",
+            "Freshness: from an event's production (its Kafka timestamp, or its due time in the built-in stream) to its being applied and rankable",
+            Unit::Seconds,
+            m.ingest_delay.clone(),
         );
         r.register_with_unit(
             "last_snapshot_timestamp",

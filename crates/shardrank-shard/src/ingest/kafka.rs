@@ -209,9 +209,20 @@ pub fn run(
         let batch = c.poll_batch(5_000, Duration::from_millis(50));
         note_batch(m, &batch);
         if !batch.records.is_empty() {
-            let mut st = lock.write().unwrap_or_else(|p| p.into_inner());
-            let applied = apply(&mut st, batch.records, &k.post_topic);
-            publish(m, &st, &applied.iter().collect::<Vec<_>>());
+            let stamps: Vec<i64> = batch
+                .records
+                .iter()
+                .filter_map(|r| r.timestamp_ms)
+                .collect();
+            {
+                let mut st = lock.write().unwrap_or_else(|p| p.into_inner());
+                let applied = apply(&mut st, batch.records, &k.post_topic);
+                publish(m, &st, &applied.iter().collect::<Vec<_>>());
+            }
+            let now_ms = unix_now() * 1e3;
+            for t in stamps {
+                m.ingest_delay.observe(((now_ms - t as f64) / 1e3).max(0.0));
+            }
         }
         // At-least-once: committed only once applied.
         c.commit();

@@ -48,14 +48,23 @@ pub async fn run_live(
                 }
             }
         }
+        let first = generator.generated();
         let events = generator.take_due(start.elapsed().as_secs_f64(), 50_000);
         if events.is_empty() {
             continue;
         }
-        let mut st = store.write().unwrap_or_else(|p| p.into_inner());
-        for e in &events {
-            st.apply(e);
+        {
+            let mut st = store.write().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                st.apply(e);
+            }
+            publish(&state.metrics, &st, &events.iter().collect::<Vec<_>>());
         }
-        publish(&state.metrics, &st, &events.iter().collect::<Vec<_>>());
+        // Event i of the stream is due at (i + 1) / rate seconds after the start.
+        let applied = start.elapsed().as_secs_f64();
+        for i in first..first + events.len() as u64 {
+            let due = (i + 1) as f64 / rate;
+            state.metrics.ingest_delay.observe((applied - due).max(0.0));
+        }
     }
 }
