@@ -155,6 +155,38 @@ impl Drop for Proc {
     }
 }
 
+/// Every metric name the Grafana dashboard's queries use.
+pub fn dashboard_metrics() -> Vec<String> {
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/shardrank.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut names = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            names.extend(
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("shardrank_"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    names
+}
+
+/// Whether a /metrics text declares the family of `name` (a series name, with its
+/// `_total`, `_bucket`, ... suffix): its TYPE line is there even before it has samples.
+pub fn exports(text: &str, name: &str) -> bool {
+    let base = ["_total", "_bucket", "_count", "_sum"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    text.contains(&format!("# TYPE {base} "))
+}
+
 /// A log's text without its ANSI colour codes.
 pub fn plain(log: &str) -> String {
     log.split('\x1b')

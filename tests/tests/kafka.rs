@@ -184,6 +184,21 @@ async fn a_kafka_fed_cluster_builds_exactly_what_the_events_file_builds() {
         );
         assert_eq!(metric(&m, "shardrank_shard_events_misrouted"), Some(0.0));
     }
+    // The dashboard's Kafka panels read series these processes export.
+    let (_, mut exported) = http_get(&format!("{}/metrics", kafka.admin)).await;
+    exported.push_str(
+        &http_get(&format!("{}/metrics", kafka.shard_admin[0]))
+            .await
+            .1,
+    );
+    let lag: Vec<String> = shardrank_tests::dashboard_metrics()
+        .into_iter()
+        .filter(|w| w.contains("consumer_lag"))
+        .collect();
+    assert_eq!(lag.len(), 2);
+    for w in lag {
+        assert!(shardrank_tests::exports(&exported, &w), "{w} not exported");
+    }
     // The coordinator's user store came from the user topic: blocks and mutes hold.
     let (&user, excluded) = facts
         .excluded

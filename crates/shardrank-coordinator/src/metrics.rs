@@ -274,6 +274,9 @@ impl CoordinatorMetrics {
     /// that dashboards and alerts see them before the first event, not as absent.
     pub fn init_labels(&self, replicas: &[usize]) {
         let num_shards = replicas.len() as u32;
+        for r#type in shardrank_core::events::Event::TYPE_NAMES {
+            let _ = self.events_applied.get_or_create(&EventType { r#type });
+        }
         for rpc in ["Rank", "Timeline"] {
             let _ = self.request_seconds.get_or_create(&Rpc { rpc });
             let _ = self.requests_cancelled.get_or_create(&Rpc { rpc });

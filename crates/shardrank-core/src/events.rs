@@ -104,6 +104,19 @@ impl Event {
         }
     }
 
+    /// Every value of [`Event::type_name`].
+    pub const TYPE_NAMES: [&'static str; 9] = [
+        "user",
+        "new_tweet",
+        "like",
+        "retweet",
+        "reply",
+        "follow",
+        "unfollow",
+        "block",
+        "mute",
+    ];
+
     /// The event's time (ms since the epoch).
     pub fn time(&self) -> i64 {
         match self {

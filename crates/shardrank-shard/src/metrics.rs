@@ -189,6 +189,9 @@ impl ShardMetrics {
         ] {
             let _ = self.requests.get_or_create(&Code { code });
         }
+        for r#type in shardrank_core::events::Event::TYPE_NAMES {
+            let _ = self.events_applied.get_or_create(&EventType { r#type });
+        }
         for stage in ["light", "heavy"] {
             let _ = self.candidates.get_or_create(&Stage { stage });
             let _ = self.stage_seconds.get_or_create(&Stage { stage });
