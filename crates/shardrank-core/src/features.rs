@@ -23,7 +23,7 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "log_retweets",
     "log_replies",
     "log_engagement_per_follower",
-    "log_streamed_engagement",
+    "log_engagement_velocity",
     "same_language",
     "author_followed",
     "interest_overlap",
@@ -42,8 +42,9 @@ pub struct PostView {
     pub likes: u32,
     pub retweets: u32,
     pub replies: u32,
-    /// Engagement events received through the stream (not carried-over counts).
-    pub streamed: u32,
+    /// Engagement velocity: engagements in the last five 60-second event-time windows
+    /// at the request's clock.
+    pub velocity: u32,
     pub author_followers: u32,
     pub author_posts: u32,
     pub author_cluster: u32,
@@ -88,8 +89,9 @@ pub mod light_parts {
     use super::*;
     use crate::model::LightModel;
 
-    /// Post-only terms: media, reply, length, engagement (features 2-5, 8-10, 12 and the
-    /// post half of 11).
+    /// Post-only terms: media, reply, length, lifetime engagement (features 2-5, 8-10
+    /// and the post half of 11). The velocity (12) moves with the clock: see
+    /// [`velocity`].
     pub fn post(m: &LightModel, post: &PostView) -> f32 {
         let w = &m.weights;
         let mut z = w[2] * post.has_media as u32 as f32;
@@ -100,8 +102,17 @@ pub mod light_parts {
         z += w[9] * ln1p(post.retweets);
         z += w[10] * ln1p(post.replies);
         z += w[11] * weighted_engagement(post).ln_1p();
-        z += w[12] * ln1p(post.streamed);
         z
+    }
+
+    /// The velocity term (feature 12), at the request's clock.
+    #[inline]
+    pub fn velocity(m: &LightModel, velocity: u32) -> f32 {
+        if velocity == 0 {
+            0.0
+        } else {
+            m.weights[12] * ln1p(velocity)
+        }
     }
 
     /// Author-only terms: followers, posts (features 6, 7 and the author half of 11).
@@ -125,6 +136,7 @@ pub mod light_parts {
         has_media: bool,
         author_cluster: u32,
         author_followed: bool,
+        velocity_part: f32,
         user: &UserView,
         now_ms: i64,
     ) -> f32 {
@@ -133,7 +145,7 @@ pub mod light_parts {
         let freshness = (-age_h / 24.0).exp();
         let followed = author_followed as u32 as f32;
         let interest = user.interest_in(author_cluster);
-        let mut z = m.bias + post_part + author_part;
+        let mut z = m.bias + post_part + author_part + velocity_part;
         z += w[0] * age_h.ln_1p();
         z += w[1] * freshness;
         z += w[13] * (user.known && user.lang != UNKNOWN && user.lang == post_lang) as u32 as f32;
@@ -172,7 +184,7 @@ pub fn extract(
     out[9] = ln1p(post.retweets);
     out[10] = ln1p(post.replies);
     out[11] = weighted.ln_1p() - (post.author_followers as f32 + 10.0).ln();
-    out[12] = ln1p(post.streamed);
+    out[12] = ln1p(post.velocity);
     out[13] = (user.known && user.lang != UNKNOWN && user.lang == post.lang) as u32 as f32;
     out[14] = followed;
     out[15] = interest;
@@ -196,7 +208,7 @@ mod tests {
             likes: 9,
             retweets: 1,
             replies: 0,
-            streamed: 0,
+            velocity: 4,
             author_followers: 990,
             author_posts: 3,
             author_cluster: 7,
@@ -218,6 +230,7 @@ mod tests {
         assert!(close(f[6], (991.0f64).ln()));
         assert!(close(f[8], (10.0f64).ln()));
         assert!(close(f[11], (12.0f64).ln() - (1000.0f64).ln()));
+        assert!(close(f[12], (5.0f64).ln()));
         assert_eq!(f[13], 1.0);
         assert_eq!(f[14], 1.0);
         assert_eq!(f[15], 0.5);
@@ -234,6 +247,7 @@ mod tests {
             post.has_media,
             post.author_cluster,
             true,
+            light_parts::velocity(&m, post.velocity),
             &user,
             24 * 3_600_000,
         );

@@ -101,6 +101,7 @@ fn light_score_from_parts(b: Bencher) {
                     h.has_media(),
                     s.authors.cluster[a],
                     false,
+                    light_parts::velocity(&m.light, s.velocity(row, CORPUS_END_MS)),
                     &user,
                     CORPUS_END_MS,
                 )
@@ -119,7 +120,13 @@ fn light_score_full_features(b: Bencher) {
     b.bench_local(|| {
         rows.iter()
             .map(|&row| {
-                extract(&s.view(row), false, &user, CORPUS_END_MS, &mut x);
+                extract(
+                    &s.view(row, CORPUS_END_MS),
+                    false,
+                    &user,
+                    CORPUS_END_MS,
+                    &mut x,
+                );
                 m.light.score(&x)
             })
             .sum::<f32>()

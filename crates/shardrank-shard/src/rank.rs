@@ -108,7 +108,7 @@ fn features(
     now_ms: i64,
     out: &mut [f32; NUM_FEATURES],
 ) {
-    let post = store.view(row);
+    let post = store.view(row, now_ms);
     let followed = user.view.known && user.followees.binary_search(&store.author(row)).is_ok();
     extract(&post, followed, &user.view, now_ms, out);
 }
@@ -169,6 +169,7 @@ fn light_chunk(
                 h.has_media(),
                 store.authors.cluster[a as usize],
                 followed,
+                light_parts::velocity(light, store.velocity(row, now_ms)),
                 &user.view,
                 now_ms,
             );

@@ -47,6 +47,10 @@ pub struct Hot {
     pub author: u32,
     pub lang: Lang,
     flags: u8,
+    /// The newest engagement window of the post (a copy of its `Windows::newest`, in
+    /// what was padding): most posts have had no engagement in the last five windows,
+    /// and this says so without reading their windows.
+    pub newest_window: i32,
 }
 
 impl Hot {
@@ -197,7 +201,9 @@ impl PostStore {
     }
 
     fn refresh_post(&mut self, r: usize) {
-        let v = self.view(r as u32);
+        // The stored part does not depend on the clock (the velocity term is added per
+        // request).
+        let v = self.view(r as u32, self.watermark_ms);
         self.hot[r].light_part = light_parts::post(&self.light, &v);
     }
 
@@ -233,9 +239,21 @@ impl PostStore {
         shard_of(id, self.num_shards) == self.shard_index
     }
 
-    /// The features' view of a row.
+    /// The engagement velocity of a row at `now_ms` (0 without reading its windows when
+    /// it has had no engagement in the last five).
     #[inline]
-    pub fn view(&self, row: u32) -> PostView {
+    pub fn velocity(&self, row: u32, now_ms: i64) -> u32 {
+        let r = row as usize;
+        if crate::windows::Windows::may_move(self.hot[r].newest_window, now_ms) {
+            self.windows[r].velocity(now_ms)
+        } else {
+            0
+        }
+    }
+
+    /// The features' view of a row at the clock `now_ms`.
+    #[inline]
+    pub fn view(&self, row: u32, now_ms: i64) -> PostView {
         let r = row as usize;
         let h = &self.hot[r];
         let a = h.author as usize;
@@ -248,7 +266,7 @@ impl PostStore {
             likes: self.likes[r],
             retweets: self.retweets[r],
             replies: self.replies[r],
-            streamed: self.streamed[r],
+            velocity: self.velocity(row, now_ms),
             author_followers: self.authors.followers[a],
             author_posts: self.authors.posts[a],
             author_cluster: self.authors.cluster[a],
@@ -381,6 +399,7 @@ impl PostStore {
                 if !self.windows[r].add(g.timestamp, self.watermark_ms) {
                     self.stats.late_engagements += 1;
                 }
+                self.hot[r].newest_window = self.windows[r].newest;
                 self.stats.engagements_applied += 1;
                 if self.live {
                     self.refresh_post(r);
@@ -419,6 +438,7 @@ impl PostStore {
             author: a,
             lang: t.lang,
             flags,
+            newest_window: 0,
         });
         self.text_len.push(t.text_len);
         self.likes.push(t.likes);
@@ -528,8 +548,12 @@ mod tests {
                 timestamp: 6,
             }));
         }
-        let v = s.view(s.row(10).unwrap());
-        assert_eq!((v.likes, v.replies, v.streamed), (4, 1, 3));
+        let v = s.view(s.row(10).unwrap(), 5000);
+        assert_eq!((v.likes, v.replies, s.streamed[0]), (4, 1, 3));
+        // The velocity moves with the clock: the three are in the last five windows at
+        // 5 s, out of them ten minutes later.
+        assert_eq!(v.velocity, 3);
+        assert_eq!(s.view(0, 5000 + 10 * 60_000).velocity, 0);
         // Live updates keep the derived light parts current.
         let m = defaults::light();
         assert_eq!(s.hot[0].light_part, light_parts::post(&m, &v));
@@ -602,7 +626,10 @@ mod tests {
         // Event time per partition: the split store has seen only its posts' events.
         assert!(split.watermark_ms <= whole.watermark_ms && split.watermark_ms > 0);
         for (r, &id) in whole.ids.iter().enumerate() {
-            let (a, b) = (whole.view(r as u32), split.view(split.row(id).unwrap()));
+            let (a, b) = (
+                whole.view(r as u32, whole.watermark_ms),
+                split.view(split.row(id).unwrap(), whole.watermark_ms),
+            );
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "post {id}");
         }
         for (a, &id) in whole.authors.ids.iter().enumerate() {

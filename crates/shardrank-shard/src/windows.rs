@@ -14,7 +14,8 @@ pub struct Windows {
     pub counts: [u16; KEPT as usize],
 }
 
-fn window(t_ms: i64) -> i32 {
+/// The window index of event time `t_ms`.
+pub fn window(t_ms: i64) -> i32 {
     t_ms.div_euclid(WINDOW_MS)
         .clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
@@ -43,6 +44,15 @@ impl Windows {
         let c = &mut self.counts[slot(w)];
         *c = c.saturating_add(1);
         true
+    }
+
+    /// Whether a post whose newest window is `newest` can have engagement in the last
+    /// [`VELOCITY_WINDOWS`] windows up to `now_ms` (if not, its velocity is 0 and its
+    /// windows need not be read).
+    #[inline]
+    pub fn may_move(newest: i32, now_ms: i64) -> bool {
+        let now = window(now_ms);
+        newest <= now && newest > now - VELOCITY_WINDOWS
     }
 
     /// Engagements in the last [`VELOCITY_WINDOWS`] windows up to `now_ms`.

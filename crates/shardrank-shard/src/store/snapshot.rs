@@ -244,6 +244,7 @@ impl PostStore {
                 author: author[k],
                 lang: lang[k],
                 flags: flags[k],
+                newest_window: 0,
             })
             .collect();
         store.text_len = take_col!(r, u16, n);
@@ -261,6 +262,9 @@ impl PostStore {
             store
                 .windows
                 .push(crate::windows::Windows { newest, counts });
+        }
+        for (h, w) in store.hot.iter_mut().zip(&store.windows) {
+            h.newest_window = w.newest;
         }
         let na = u64::from_le_bytes(r.take()?) as usize;
         if na > file_len / 8 {
