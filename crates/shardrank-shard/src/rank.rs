@@ -130,6 +130,7 @@ fn light_chunk(
     let mut excluded = 0;
     let light = store.light_model();
     let index = store.index();
+    let now_window = crate::windows::window(now_ms);
     let mut rows = [0u32; BATCH];
     for batch in ids.chunks(BATCH) {
         for &id in batch {
@@ -169,7 +170,7 @@ fn light_chunk(
                 h.has_media(),
                 store.authors.cluster[a as usize],
                 followed,
-                light_parts::velocity(light, store.velocity(row, now_ms)),
+                light_parts::velocity(light, store.velocity_in(row, now_ms, now_window)),
                 &user.view,
                 now_ms,
             );

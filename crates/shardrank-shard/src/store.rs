@@ -243,8 +243,14 @@ impl PostStore {
     /// it has had no engagement in the last five).
     #[inline]
     pub fn velocity(&self, row: u32, now_ms: i64) -> u32 {
+        self.velocity_in(row, now_ms, crate::windows::window(now_ms))
+    }
+
+    /// [`Self::velocity`] with the clock's window computed once per request.
+    #[inline]
+    pub fn velocity_in(&self, row: u32, now_ms: i64, now_window: i32) -> u32 {
         let r = row as usize;
-        if crate::windows::Windows::may_move(self.hot[r].newest_window, now_ms) {
+        if crate::windows::Windows::may_move(self.hot[r].newest_window, now_window) {
             self.windows[r].velocity(now_ms)
         } else {
             0

@@ -50,9 +50,8 @@ impl Windows {
     /// [`VELOCITY_WINDOWS`] windows up to `now_ms` (if not, its velocity is 0 and its
     /// windows need not be read).
     #[inline]
-    pub fn may_move(newest: i32, now_ms: i64) -> bool {
-        let now = window(now_ms);
-        newest <= now && newest > now - VELOCITY_WINDOWS
+    pub fn may_move(newest: i32, now_window: i32) -> bool {
+        newest <= now_window && newest > now_window - VELOCITY_WINDOWS
     }
 
     /// Engagements in the last [`VELOCITY_WINDOWS`] windows up to `now_ms`.
