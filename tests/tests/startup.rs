@@ -49,6 +49,65 @@ fn bad_flags_are_named() {
         "--heavy-candidates",
     );
     assert_fails("shardrank", &["gen", "--corpus", "tiny"], "--out");
+    // Kafka flags: named, checked before anything connects.
+    assert_fails(
+        "shardrank-shard",
+        &["--kafka-brokers", "localhost", "--check-config"],
+        "--kafka-brokers: \"localhost\" is not HOST:PORT",
+    );
+    assert_fails(
+        "shardrank-shard",
+        &[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-topic",
+            "a b",
+            "--check-config",
+        ],
+        "--kafka-topic",
+    );
+    assert_fails(
+        "shardrank-shard",
+        &[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--live-events-per-sec",
+            "10",
+            "--check-config",
+        ],
+        "choose one live stream",
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--kafka-brokers", "127.0.0.1:0", "--check-config"],
+        "--kafka-brokers",
+    );
+    assert_fails(
+        "shardrank",
+        &[
+            "produce",
+            "--brokers",
+            "127.0.0.1:9092",
+            "--events",
+            "/nonexistent.jsonl",
+            "--num-shards",
+            "2",
+        ],
+        "--events /nonexistent.jsonl",
+    );
+    assert_fails(
+        "shardrank",
+        &[
+            "produce",
+            "--brokers",
+            "127.0.0.1:9092",
+            "--events",
+            "x",
+            "--num-shards",
+            "0",
+        ],
+        "--num-shards 0",
+    );
 }
 
 #[test]
@@ -60,6 +119,26 @@ fn check_config_validates_without_serving() {
     );
     assert_eq!(code, Some(0));
     assert!(out.contains("shard 1 of 4"), "{out}");
+    // With Kafka and no --corpus/--events the topics are the only source.
+    let (code, out, _) = run(
+        "shardrank-shard",
+        &[
+            "--shard-index",
+            "1",
+            "--num-shards",
+            "4",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--check-config",
+        ],
+        T,
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("no start-up source")
+            && out.contains("kafka 127.0.0.1:9092 (tweet_events partition 1, user_events)"),
+        "{out}"
+    );
     let (code, out, _) = run(
         "shardrank-coordinator",
         &[
@@ -88,6 +167,12 @@ fn help_documents_every_flag() {
         "--check-config",
         "--admin-listen",
         "--log-format",
+        "--kafka-brokers",
+        "--kafka-topic",
+        "--kafka-user-topic",
+        "--snapshot-dir",
+        "--live-events-per-sec",
+        "--dead-letter-file",
     ] {
         assert!(out.contains(flag), "shard --help lacks {flag}");
     }
@@ -101,8 +186,22 @@ fn help_documents_every_flag() {
         "--request-timeout-ms",
         "--admin-listen",
         "--log-format",
+        "--kafka-brokers",
+        "--kafka-user-topic",
+        "--kafka-timeline-topic",
+        "--live-events-per-sec",
     ] {
         assert!(out.contains(flag), "coordinator --help lacks {flag}");
+    }
+    let (_, out, _) = run("shardrank", &["produce", "--help"], T);
+    for flag in [
+        "--brokers",
+        "--events",
+        "--num-shards",
+        "--post-topic",
+        "--user-topic",
+    ] {
+        assert!(out.contains(flag), "produce --help lacks {flag}");
     }
 }
 
