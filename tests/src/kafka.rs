@@ -104,3 +104,19 @@ impl Broker {
         self.wait_up();
     }
 }
+
+/// A new post (`new_tweet`) as tests and benchmarks produce it.
+pub fn new_post(id: u64, author: u64, t: i64) -> shardrank_core::events::Event {
+    shardrank_core::events::Event::NewTweet(shardrank_core::events::NewTweet {
+        id,
+        author_id: author,
+        created_at: t,
+        lang: shardrank_core::lang::parse("en").unwrap(),
+        has_media: false,
+        reply_to: None,
+        text_len: 80,
+        likes: 0,
+        retweets: 0,
+        replies: 0,
+    })
+}

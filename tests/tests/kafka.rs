@@ -6,15 +6,15 @@
 //! messages go to the dead-letter topic; a broker that goes away is waited out.
 
 use shardrank_core::events::{
-    read_events, Engagement, EngagementKind, Event, NewTweet, OnMalformed, Social, SocialKind,
+    read_events, Engagement, EngagementKind, Event, OnMalformed, Social, SocialKind,
 };
 use shardrank_core::routing::shard_of;
 use shardrank_kafka::EventProducer;
 use shardrank_proto::v1::shard_client::ShardClient;
 use shardrank_proto::v1::{RankRequest, ShardRankRequest, TimelineRequest, UserContext};
 use shardrank_tests::corpus_facts::Facts;
-use shardrank_tests::kafka::Broker;
-use shardrank_tests::{http_get, metric, plain, run, scratch_dir, Cluster, Proc};
+use shardrank_tests::kafka::{new_post, Broker};
+use shardrank_tests::{http_get, metric, plain, run, scratch_dir, Cluster, Proc, ScratchDir};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,30 @@ fn read_file(file: &Path) -> Vec<Event> {
     let mut v = Vec::new();
     read_events(f, OnMalformed::Stop, |e| v.push(e)).unwrap();
     v
+}
+
+/// A broker holding the tiny corpus produced for 2 shards, and what was produced.
+struct Loaded {
+    broker: Broker,
+    dir: ScratchDir,
+    events: Vec<Event>,
+    /// The newest event time of the corpus.
+    now: i64,
+}
+
+fn loaded(tag: &str) -> Loaded {
+    let broker = Broker::start();
+    let dir = scratch_dir(tag);
+    let file = gen_tiny(&dir);
+    let events = read_file(&file);
+    let now = events.iter().map(Event::time).max().unwrap();
+    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    Loaded {
+        broker,
+        dir,
+        events,
+        now,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,12 +271,12 @@ fn social(kind: SocialKind, user: u64, target: u64, t: i64) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_move_the_ranking_block_authors_and_fill_the_in_network_source() {
-    let broker = Broker::start();
-    let dir = scratch_dir("kafka-live");
-    let file = gen_tiny(&dir);
-    let events = read_file(&file);
-    let now = events.iter().map(Event::time).max().unwrap();
-    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    let Loaded {
+        broker,
+        dir: _dir,
+        now,
+        ..
+    } = loaded("kafka-live");
     let c = Cluster::start(2, &["--kafka-brokers", &broker.addr]).await;
     let facts = Facts::of("tiny", 42);
     let producer = EventProducer::new(&broker.addr, "tweet_events", "user_events", 2).unwrap();
@@ -377,20 +401,7 @@ async fn live_events_move_the_ranking_block_authors_and_fill_the_in_network_sour
     producer
         .send_event(&social(SocialKind::Follow, follower, followee, now))
         .unwrap();
-    producer
-        .send_event(&Event::NewTweet(NewTweet {
-            id: post,
-            author_id: followee,
-            created_at: now,
-            lang: shardrank_core::lang::parse("en").unwrap(),
-            has_media: true,
-            reply_to: None,
-            text_len: 100,
-            likes: 0,
-            retweets: 0,
-            replies: 0,
-        }))
-        .unwrap();
+    producer.send_event(&new_post(post, followee, now)).unwrap();
     producer.raw.flush(Duration::from_secs(10)).unwrap();
     let t0 = Instant::now();
     loop {
@@ -449,12 +460,13 @@ async fn live_events_move_the_ranking_block_authors_and_fill_the_in_network_sour
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_killed_mid_stream_resumes_from_its_snapshot_without_loss_or_double_counting() {
-    let broker = Broker::start();
-    let dir = scratch_dir("kafka-kill");
-    let file = gen_tiny(&dir);
-    let events = read_file(&file);
-    let now = events.iter().map(Event::time).max().unwrap();
-    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    let Loaded {
+        broker,
+        dir,
+        events,
+        now,
+        ..
+    } = loaded("kafka-kill");
     let snaps = dir.join("snapshots");
     let c = &mut Cluster::start_full(
         2,
@@ -583,21 +595,6 @@ fn owned_id(shard: u32, n: u32) -> u64 {
         .unwrap()
 }
 
-fn new_post(id: u64, author: u64, t: i64) -> Event {
-    Event::NewTweet(NewTweet {
-        id,
-        author_id: author,
-        created_at: t,
-        lang: shardrank_core::lang::parse("en").unwrap(),
-        has_media: false,
-        reply_to: None,
-        text_len: 80,
-        likes: 0,
-        retweets: 0,
-        replies: 0,
-    })
-}
-
 /// Whether shard `index` of `n` at `url` holds post `id` (ranks it).
 async fn holds(url: &str, index: u32, n: u32, id: u64) -> bool {
     let Ok(mut s) = ShardClient::connect(url.to_string()).await else {
@@ -628,12 +625,13 @@ async fn wait_holds(url: &str, index: u32, n: u32, id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_message_is_counted_dead_lettered_and_the_partition_goes_on() {
-    let broker = Broker::start();
-    let dir = scratch_dir("kafka-dead");
-    let file = gen_tiny(&dir);
-    let events = read_file(&file);
-    let now = events.iter().map(Event::time).max().unwrap();
-    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    let Loaded {
+        broker,
+        dir: _dir,
+        events,
+        now,
+        ..
+    } = loaded("kafka-dead");
     let c = Cluster::start(2, &["--kafka-brokers", &broker.addr]).await;
     // Where the bad message lands: after the file's events of partition 0.
     let offset = events
@@ -703,12 +701,12 @@ async fn a_malformed_message_is_counted_dead_lettered_and_the_partition_goes_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_goes_away_is_waited_out_and_the_cluster_serves_meanwhile() {
-    let mut broker = Broker::start();
-    let dir = scratch_dir("kafka-away");
-    let file = gen_tiny(&dir);
-    let events = read_file(&file);
-    let now = events.iter().map(Event::time).max().unwrap();
-    assert_eq!(produce(&broker, &file, 2).0, Some(0));
+    let Loaded {
+        mut broker,
+        dir: _dir,
+        now,
+        ..
+    } = loaded("kafka-away");
     let c = Cluster::start(2, &["--kafka-brokers", &broker.addr]).await;
     let facts = Facts::of("tiny", 42);
     let mut client = c.client().await;

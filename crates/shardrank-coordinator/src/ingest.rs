@@ -117,25 +117,13 @@ fn publish_updates(
 /// A consumer of every partition of the user topic from the beginning (created with
 /// `num_shards` partitions if missing); waits while the brokers are away.
 pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<UserStream, String> {
-    let (brokers, topic) = (k.brokers.clone(), k.user_topic.clone());
-    let existing = tokio::task::spawn_blocking(move || EventConsumer::partitions(&brokers, &topic))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let partitions = match existing {
-        Some(p) => p,
-        None => {
-            shardrank_kafka::topics::ensure(
-                &k.brokers,
-                &[(&k.user_topic, num_shards as usize)],
-                -1,
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            num_shards as usize
-        }
-    };
+    let partitions = shardrank_kafka::topics::partitions_or_create(
+        &k.brokers,
+        &k.user_topic,
+        num_shards as usize,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let parts: Vec<Assignment> = (0..partitions as i32)
         .map(|partition| Assignment {
             topic: k.user_topic.clone(),
@@ -154,26 +142,10 @@ pub async fn open(k: &KafkaSettings, num_shards: u32) -> Result<UserStream, Stri
     .map_err(|e| e.to_string())?;
     let timeline = match &k.timeline_topic {
         Some(t) => {
-            let (brokers, topic) = (k.brokers.clone(), t.clone());
-            let have =
-                tokio::task::spawn_blocking(move || EventConsumer::partitions(&brokers, &topic))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            let partitions = match have {
-                Some(p) => p,
-                None => {
-                    shardrank_kafka::topics::ensure(
-                        &k.brokers,
-                        &[(t, num_shards as usize)],
-                        -1,
-                        Duration::from_secs(10),
-                    )
+            let partitions =
+                shardrank_kafka::topics::partitions_or_create(&k.brokers, t, num_shards as usize)
                     .await
                     .map_err(|e| e.to_string())?;
-                    num_shards as usize
-                }
-            };
             let producer =
                 shardrank_kafka::RawProducer::new(&k.brokers).map_err(|e| e.to_string())?;
             Some((producer, t.clone(), partitions))

@@ -92,3 +92,25 @@ pub async fn ensure(
     }
     Ok(out)
 }
+
+/// How many partitions `topic` has, creating it with `partitions` when missing (for
+/// topics whose partition count is free, such as the user and timeline topics); waits
+/// while the brokers are away.
+pub async fn partitions_or_create(
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+) -> Result<usize, KafkaError> {
+    let (b, t) = (brokers.to_string(), topic.to_string());
+    let have = tokio::task::spawn_blocking(move || crate::EventConsumer::partitions(&b, &t))
+        .await
+        .map_err(|e| KafkaError::Topic {
+            topic: topic.to_string(),
+            msg: e.to_string(),
+        })??;
+    if let Some(p) = have {
+        return Ok(p);
+    }
+    ensure(brokers, &[(topic, partitions)], -1, Duration::from_secs(10)).await?;
+    Ok(partitions)
+}

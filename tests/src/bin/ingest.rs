@@ -10,12 +10,12 @@
 //!   until the lag is back to 0, with the ranking p99 meanwhile.
 
 use serde_json::Value;
-use shardrank_core::events::{Engagement, EngagementKind, Event, NewTweet};
+use shardrank_core::events::{Engagement, EngagementKind, Event};
 use shardrank_core::routing::shard_of;
 use shardrank_proto::v1::RankRequest;
 use shardrank_tests::chaos::{self, metric_sum, Setup};
 use shardrank_tests::corpus_facts::Facts;
-use shardrank_tests::kafka::Broker;
+use shardrank_tests::kafka::{new_post, Broker};
 use shardrank_tests::{http_get, Cluster};
 use std::time::{Duration, Instant};
 
@@ -167,18 +167,11 @@ async fn kafka() {
     let mut took = Vec::new();
     for k in 0..200u64 {
         let id = 9_500_000_000_000 + k;
-        let e = Event::NewTweet(NewTweet {
+        let e = new_post(
             id,
-            author_id: facts.users[k as usize % facts.users.len()],
-            created_at: now + k as i64,
-            lang: shardrank_core::lang::parse("en").unwrap(),
-            has_media: false,
-            reply_to: None,
-            text_len: 100,
-            likes: 0,
-            retweets: 0,
-            replies: 0,
-        });
+            facts.users[k as usize % facts.users.len()],
+            now + k as i64,
+        );
         // Not flushed: waiting for the broker's acknowledgement is not part of freshness
         // (librdkafka sends within linger.ms, 5 ms).
         let t0 = Instant::now();
