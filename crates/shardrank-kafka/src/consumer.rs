@@ -59,7 +59,8 @@ pub struct ConsumerOptions {
 /// An event read, with where it was.
 #[derive(Clone, Debug)]
 pub struct Record {
-    pub topic: String,
+    /// Shared with the consumer's own (no allocation per record).
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub offset: i64,
     /// The message's timestamp (ms since the epoch; the producer's clock by default).
@@ -113,7 +114,7 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {}
 
 struct Part {
-    topic: String,
+    topic: std::sync::Arc<str>,
     partition: i32,
     next: i64,
     committed: i64,
@@ -128,6 +129,32 @@ pub struct EventConsumer {
     dead_letters: Option<(RawProducer, String)>,
     brokers: String,
     group: String,
+}
+
+/// Logs a malformed message with where it was, and sends it to the dead-letter topic.
+fn dead_letter(
+    to: &Option<(RawProducer, String)>,
+    group: &str,
+    (topic, partition, offset): (&str, i32, i64),
+    key: &[u8],
+    payload: &[u8],
+    error: &str,
+) {
+    let dlt = to.as_ref().map(|(_, t)| t.as_str());
+    tracing::warn!(
+        topic,
+        partition,
+        offset,
+        error,
+        dead_letter_topic = dlt,
+        "malformed event skipped"
+    );
+    if let Some((producer, dlt)) = to {
+        let headers = dead_letter_headers(topic, partition, offset, group, error);
+        if let Err(e) = producer.send(dlt, 0, key, payload, Some(headers)) {
+            tracing::warn!(topic, partition, offset, error = %e, "dead-lettering failed");
+        }
+    }
 }
 
 impl EventConsumer {
@@ -150,7 +177,7 @@ impl EventConsumer {
             };
             tpl.add_partition_offset(&a.topic, a.partition, offset)?;
             parts.push(Part {
-                topic: a.topic.clone(),
+                topic: a.topic.as_str().into(),
                 partition: a.partition,
                 next,
                 committed: next,
@@ -171,13 +198,9 @@ impl EventConsumer {
         })
     }
 
-    fn part(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
-        self.parts
-            .iter_mut()
-            .find(|p| p.partition == partition && p.topic == topic)
-    }
-
     /// Waits up to `wait` for the first record, then takes what is ready, up to `max`.
+    /// Parses straight from librdkafka's buffer: only a malformed message is copied
+    /// (to the dead-letter topic).
     pub fn poll_batch(&mut self, max: usize, wait: Duration) -> Batch {
         let mut batch = Batch::default();
         let mut timeout = wait;
@@ -191,13 +214,12 @@ impl EventConsumer {
                 Some(Ok(m)) => m,
             };
             timeout = Duration::ZERO;
-            let (topic, partition, offset) =
-                (msg.topic().to_string(), msg.partition(), msg.offset());
-            let timestamp_ms = msg.timestamp().to_millis();
-            let payload = msg.payload().unwrap_or_default().to_vec();
-            let key = msg.key().unwrap_or_default().to_vec();
-            drop(msg);
-            let Some(p) = self.part(&topic, partition) else {
+            let (partition, offset) = (msg.partition(), msg.offset());
+            let Some(p) = self
+                .parts
+                .iter_mut()
+                .find(|p| p.partition == partition && *p.topic == *msg.topic())
+            else {
                 continue;
             };
             if offset < p.next {
@@ -206,7 +228,7 @@ impl EventConsumer {
             }
             if offset > p.next && !p.fresh {
                 tracing::warn!(
-                    topic,
+                    topic = &*p.topic,
                     partition,
                     expected = p.next,
                     got = offset,
@@ -217,47 +239,24 @@ impl EventConsumer {
             }
             p.fresh = false;
             p.next = offset + 1;
-            match parse_event(&payload) {
+            let payload = msg.payload().unwrap_or_default();
+            match parse_event(payload) {
                 Ok(event) => batch.records.push(Record {
-                    topic,
+                    topic: p.topic.clone(),
                     partition,
                     offset,
-                    timestamp_ms,
+                    timestamp_ms: msg.timestamp().to_millis(),
                     event,
                 }),
                 Err(e) => {
                     batch.malformed += 1;
-                    self.dead_letter(&topic, partition, offset, &key, &payload, &e);
+                    let at = (&*p.topic, partition, offset);
+                    let key = msg.key().unwrap_or_default();
+                    dead_letter(&self.dead_letters, &self.group, at, key, payload, &e);
                 }
             }
         }
         batch
-    }
-
-    fn dead_letter(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: &[u8],
-        payload: &[u8],
-        error: &str,
-    ) {
-        let to = self.dead_letters.as_ref().map(|(_, t)| t.as_str());
-        tracing::warn!(
-            topic,
-            partition,
-            offset,
-            error,
-            dead_letter_topic = to,
-            "malformed event skipped"
-        );
-        if let Some((producer, dlt)) = &self.dead_letters {
-            let headers = dead_letter_headers(topic, partition, offset, &self.group, error);
-            if let Err(e) = producer.send(dlt, 0, key, payload, Some(headers)) {
-                tracing::warn!(topic, partition, offset, error = %e, "dead-lettering failed");
-            }
-        }
     }
 
     /// Where every partition stands: the next offset to read.
@@ -265,7 +264,7 @@ impl EventConsumer {
         self.parts
             .iter()
             .map(|p| Position {
-                topic: p.topic.clone(),
+                topic: p.topic.to_string(),
                 partition: p.partition,
                 next: p.next,
             })
@@ -308,11 +307,11 @@ impl EventConsumer {
         let mut out: Vec<(String, i64)> = Vec::new();
         for p in &self.parts {
             let lag = high
-                .get(&(p.topic.clone(), p.partition))
+                .get(&(p.topic.to_string(), p.partition))
                 .map_or(0, |&h| (h - p.next).max(0));
-            match out.iter_mut().find(|(t, _)| *t == p.topic) {
+            match out.iter_mut().find(|(t, _)| **t == *p.topic) {
                 Some((_, l)) => *l += lag,
-                None => out.push((p.topic.clone(), lag)),
+                None => out.push((p.topic.to_string(), lag)),
             }
         }
         out

@@ -111,7 +111,7 @@ fn apply(store: &mut PostStore, records: Vec<Record>, post_topic: &str) -> Vec<E
     let mut run: Vec<Event> = Vec::new();
     let mut run_feed = Feed::Posts;
     for r in records {
-        let feed = if r.topic == post_topic {
+        let feed = if &*r.topic == post_topic {
             Feed::Posts
         } else {
             Feed::Users
