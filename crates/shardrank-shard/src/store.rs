@@ -132,7 +132,6 @@ pub struct PostStore {
     pub likes: Vec<u32>,
     pub retweets: Vec<u32>,
     pub replies: Vec<u32>,
-    pub streamed: Vec<u32>,
     /// Engagement per post over the last ten 60-second windows (trending's velocity).
     pub windows: Vec<crate::windows::Windows>,
     pub authors: Authors,
@@ -156,7 +155,6 @@ impl PostStore {
             likes: Vec::new(),
             retweets: Vec::new(),
             replies: Vec::new(),
-            streamed: Vec::new(),
             windows: Vec::new(),
             authors: Authors::default(),
             light,
@@ -175,7 +173,6 @@ impl PostStore {
         self.likes.reserve(posts);
         self.retweets.reserve(posts);
         self.replies.reserve(posts);
-        self.streamed.reserve(posts);
         self.windows.reserve(posts);
     }
 
@@ -401,7 +398,6 @@ impl PostStore {
                     EngagementKind::Reply => &mut self.replies[r],
                 };
                 *c = c.saturating_add(1);
-                self.streamed[r] = self.streamed[r].saturating_add(1);
                 if !self.windows[r].add(g.timestamp, self.watermark_ms) {
                     self.stats.late_engagements += 1;
                 }
@@ -450,7 +446,6 @@ impl PostStore {
         self.likes.push(t.likes);
         self.retweets.push(t.retweets);
         self.replies.push(t.replies);
-        self.streamed.push(0);
         self.windows.push(Default::default());
         self.stats.posts_added += 1;
         if self.live {
@@ -465,7 +460,7 @@ impl PostStore {
         let per_row = 8
             + std::mem::size_of::<Hot>()
             + 2
-            + 4 * 4
+            + 3 * 4
             + std::mem::size_of::<crate::windows::Windows>();
         self.ids.capacity() * per_row + self.index.bytes()
     }
@@ -555,7 +550,7 @@ mod tests {
             }));
         }
         let v = s.view(s.row(10).unwrap(), 5000);
-        assert_eq!((v.likes, v.replies, s.streamed[0]), (4, 1, 3));
+        assert_eq!((v.likes, v.replies), (4, 1));
         // The velocity moves with the clock: the three are in the last five windows at
         // 5 s, out of them ten minutes later.
         assert_eq!(v.velocity, 3);
@@ -585,7 +580,7 @@ mod tests {
             b.apply_batch(&events);
             assert_eq!(a.ids, b.ids);
             assert_eq!(a.likes, b.likes);
-            assert_eq!(a.streamed, b.streamed);
+            assert_eq!(a.windows, b.windows);
             assert_eq!(a.authors.followers, b.authors.followers);
             assert_eq!(a.authors.posts, b.authors.posts);
             assert_eq!(a.stats, b.stats);

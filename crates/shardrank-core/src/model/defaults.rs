@@ -28,7 +28,7 @@ pub fn light() -> LightModel {
             0.25,  // log_retweets
             0.2,   // log_replies
             0.5,   // log_engagement_per_follower
-            0.3,   // log_streamed_engagement
+            0.3,   // log_engagement_velocity
             0.9,   // same_language
             1.6,   // author_followed
             1.2,   // interest_overlap

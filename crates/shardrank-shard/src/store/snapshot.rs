@@ -15,7 +15,7 @@ use shardrank_core::model::LightModel;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"SRSNAP03";
+const MAGIC: &[u8; 8] = b"SRSNAP04";
 
 /// What a snapshot is of, besides the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,7 +136,6 @@ impl PostStore {
             put_col!(w, &self.likes);
             put_col!(w, &self.retweets);
             put_col!(w, &self.replies);
-            put_col!(w, &self.streamed);
             put_col!(w, self.windows.iter().map(|x| x.newest));
             for x in &self.windows {
                 put_col!(w, x.counts);
@@ -251,7 +250,6 @@ impl PostStore {
         store.likes = take_col!(r, u32, n);
         store.retweets = take_col!(r, u32, n);
         store.replies = take_col!(r, u32, n);
-        store.streamed = take_col!(r, u32, n);
         let newest = take_col!(r, i32, n);
         store.windows = Vec::with_capacity(n);
         for &newest in &newest {
