@@ -726,6 +726,18 @@ async fn a_broker_that_goes_away_is_waited_out_and_the_cluster_serves_meanwhile(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     broker.restart();
+    // The broker listens before it has loaded its topics; a producer asking in between
+    // may be told of a partition it cannot know yet (UnknownPartition). Wait for them.
+    let t0 = Instant::now();
+    while shardrank_kafka::EventConsumer::partitions(&broker.addr, "tweet_events").unwrap()
+        != Some(2)
+    {
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "the restarted broker lost tweet_events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let producer = EventProducer::new(&broker.addr, "tweet_events", "user_events", 2).unwrap();
     let id = owned_id(1, 2);
     producer.send_event(&new_post(id, 9, now)).unwrap();
