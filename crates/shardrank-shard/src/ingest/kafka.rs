@@ -156,7 +156,7 @@ pub fn catch_up(
         let batch = c.poll_batch(20_000, Duration::from_millis(200));
         note_batch(m, &batch);
         let applied = apply(store, batch.records, &k.post_topic);
-        publish(m, store, &applied.iter().collect::<Vec<_>>());
+        publish(m, store, &applied);
         n += applied.len() as u64;
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
@@ -217,7 +217,7 @@ pub fn run(
             {
                 let mut st = lock.write().unwrap_or_else(|p| p.into_inner());
                 let applied = apply(&mut st, batch.records, &k.post_topic);
-                publish(m, &st, &applied.iter().collect::<Vec<_>>());
+                publish(m, &st, &applied);
             }
             let now_ms = unix_now() * 1e3;
             for t in stamps {

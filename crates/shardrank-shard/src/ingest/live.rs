@@ -58,7 +58,7 @@ pub async fn run_live(
             for e in &events {
                 st.apply(e);
             }
-            publish(&state.metrics, &st, &events.iter().collect::<Vec<_>>());
+            publish(&state.metrics, &st, &events);
         }
         // Event i of the stream is due at (i + 1) / rate seconds after the start.
         let applied = start.elapsed().as_secs_f64();

@@ -146,7 +146,7 @@ pub fn unix_now() -> f64 {
 pub fn publish(
     m: &crate::metrics::ShardMetrics,
     store: &PostStore,
-    events: &[&shardrank_core::events::Event],
+    events: &[shardrank_core::events::Event],
 ) {
     use crate::metrics::EventType;
     for e in events {
