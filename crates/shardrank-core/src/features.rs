@@ -5,6 +5,7 @@
 //! interest overlap). Values are computed in f32 in a fixed order, so the same
 //! candidate gets the same bits on every shard.
 
+use crate::fastmath;
 use crate::lang::{Lang, UNKNOWN};
 
 pub const NUM_FEATURES: usize = 18;
@@ -73,7 +74,7 @@ impl UserView {
 
 #[inline]
 fn ln1p(x: u32) -> f32 {
-    (x as f32).ln_1p()
+    fastmath::ln_1p(x as f32)
 }
 
 #[inline]
@@ -101,7 +102,7 @@ pub mod light_parts {
         z += w[8] * ln1p(post.likes);
         z += w[9] * ln1p(post.retweets);
         z += w[10] * ln1p(post.replies);
-        z += w[11] * weighted_engagement(post).ln_1p();
+        z += w[11] * fastmath::ln_1p(weighted_engagement(post));
         z
     }
 
@@ -120,7 +121,7 @@ pub mod light_parts {
         let w = &m.weights;
         let mut z = w[6] * ln1p(followers);
         z += w[7] * ln1p(posts);
-        z -= w[11] * (followers as f32 + 10.0).ln();
+        z -= w[11] * fastmath::ln(followers as f32 + 10.0);
         z
     }
 
@@ -140,19 +141,146 @@ pub mod light_parts {
         user: &UserView,
         now_ms: i64,
     ) -> f32 {
+        let mut b = Batch::default();
+        b.push(
+            m,
+            post_part,
+            author_part,
+            created_at,
+            post_lang,
+            has_media,
+            author_cluster,
+            author_followed,
+            velocity_part,
+            user,
+            now_ms,
+        );
+        finish(m, &b, 0)
+    }
+
+    /// Candidates scored together by [`Batch::score`].
+    pub const BATCH: usize = 32;
+
+    /// The per-candidate inputs of [`score`] for up to [`BATCH`] candidates, in
+    /// columns: the caller gathers them (random reads, one candidate at a time), then
+    /// the age, freshness and sigmoid of all of them are computed in one loop the
+    /// compiler vectorises (8 lanes with AVX2). Both forms run [`finish`], so they
+    /// give the same bits.
+    #[derive(Clone)]
+    pub struct Batch {
+        len: usize,
+        age_h: [f32; BATCH],
+        /// bias + post part + author part + velocity part.
+        base: [f32; BATCH],
+        same_lang: [f32; BATCH],
+        followed: [f32; BATCH],
+        interest: [f32; BATCH],
+        media: [f32; BATCH],
+    }
+
+    impl Default for Batch {
+        fn default() -> Self {
+            Batch {
+                len: 0,
+                age_h: [0.0; BATCH],
+                base: [0.0; BATCH],
+                same_lang: [0.0; BATCH],
+                followed: [0.0; BATCH],
+                interest: [0.0; BATCH],
+                media: [0.0; BATCH],
+            }
+        }
+    }
+
+    impl Batch {
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        pub fn is_full(&self) -> bool {
+            self.len == BATCH
+        }
+
+        pub fn clear(&mut self) {
+            self.len = 0;
+        }
+
+        /// Adds a candidate (the arguments of [`score`]); the batch must not be full.
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        pub fn push(
+            &mut self,
+            m: &LightModel,
+            post_part: f32,
+            author_part: f32,
+            created_at: i64,
+            post_lang: Lang,
+            has_media: bool,
+            author_cluster: u32,
+            author_followed: bool,
+            velocity_part: f32,
+            user: &UserView,
+            now_ms: i64,
+        ) {
+            let i = self.len;
+            self.age_h[i] = ((now_ms - created_at).max(0) as f32) / 3_600_000.0;
+            self.base[i] = m.bias + post_part + author_part + velocity_part;
+            self.same_lang[i] =
+                (user.known && user.lang != UNKNOWN && user.lang == post_lang) as u32 as f32;
+            self.followed[i] = author_followed as u32 as f32;
+            self.interest[i] = user.interest_in(author_cluster);
+            self.media[i] = has_media as u32 as f32;
+            self.len = i + 1;
+        }
+
+        /// The scores of the candidates in push order, into `out[..len]`.
+        pub fn score(&self, m: &LightModel, out: &mut [f32; BATCH]) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { self.score_avx2(m, out) };
+                return;
+            }
+            self.score_plain(m, out);
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn score_avx2(&self, m: &LightModel, out: &mut [f32; BATCH]) {
+            self.score_plain(m, out)
+        }
+
+        #[inline(always)]
+        fn score_plain(&self, m: &LightModel, out: &mut [f32; BATCH]) {
+            // All BATCH lanes, whatever `len`: a fixed trip count vectorises cleanly,
+            // and the lanes past `len` are ignored.
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = finish(m, self, i);
+            }
+        }
+    }
+
+    /// The score of candidate `i` of `b`; the sums run in one fixed order (no fused
+    /// multiply-add: Rust never contracts), so every path gets the same bits.
+    #[inline(always)]
+    fn finish(m: &LightModel, b: &Batch, i: usize) -> f32 {
         let w = &m.weights;
-        let age_h = ((now_ms - created_at).max(0) as f32) / 3_600_000.0;
-        let freshness = (-age_h / 24.0).exp();
-        let followed = author_followed as u32 as f32;
-        let interest = user.interest_in(author_cluster);
-        let mut z = m.bias + post_part + author_part + velocity_part;
-        z += w[0] * age_h.ln_1p();
+        let age_h = b.age_h[i];
+        let freshness = fastmath::exp(-age_h / 24.0);
+        let followed = b.followed[i];
+        let interest = b.interest[i];
+        let mut z = b.base[i];
+        z += w[0] * fastmath::ln_1p(age_h);
         z += w[1] * freshness;
-        z += w[13] * (user.known && user.lang != UNKNOWN && user.lang == post_lang) as u32 as f32;
+        z += w[13] * b.same_lang[i];
         z += w[14] * followed;
         z += w[15] * interest;
         z += w[16] * followed * freshness;
-        z += w[17] * has_media as u32 as f32 * interest;
+        z += w[17] * b.media[i] * interest;
         crate::model::sigmoid(z)
     }
 }
@@ -167,12 +295,12 @@ pub fn extract(
     out: &mut [f32; NUM_FEATURES],
 ) {
     let age_h = ((now_ms - post.created_at).max(0) as f32) / 3_600_000.0;
-    let freshness = (-age_h / 24.0).exp();
+    let freshness = fastmath::exp(-age_h / 24.0);
     let media = post.has_media as u32 as f32;
     let followed = author_followed as u32 as f32;
     let interest = user.interest_in(post.author_cluster);
     let weighted = weighted_engagement(post);
-    out[0] = age_h.ln_1p();
+    out[0] = fastmath::ln_1p(age_h);
     out[1] = freshness;
     out[2] = media;
     out[3] = post.is_reply as u32 as f32;
@@ -183,7 +311,7 @@ pub fn extract(
     out[8] = ln1p(post.likes);
     out[9] = ln1p(post.retweets);
     out[10] = ln1p(post.replies);
-    out[11] = weighted.ln_1p() - (post.author_followers as f32 + 10.0).ln();
+    out[11] = fastmath::ln_1p(weighted) - fastmath::ln(post.author_followers as f32 + 10.0);
     out[12] = ln1p(post.velocity);
     out[13] = (user.known && user.lang != UNKNOWN && user.lang == post.lang) as u32 as f32;
     out[14] = followed;

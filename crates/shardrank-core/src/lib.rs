@@ -11,6 +11,7 @@
 
 pub mod corpus;
 pub mod events;
+pub mod fastmath;
 pub mod features;
 pub mod ids;
 pub mod lang;

@@ -81,18 +81,24 @@ fn store_lookup(b: Bencher) {
     });
 }
 
+/// The light score from the stored parts, in batches as the shard computes it (rows
+/// in cache: the compute alone).
 #[divan::bench(items_count = N)]
 fn light_score_from_parts(b: Bencher) {
     let s = store();
     let m = Models::builtin();
     let rows: Vec<u32> = (0..N as u32).map(|i| i * 37 % s.len() as u32).collect();
     let user = UserView::default();
-    b.bench(|| {
-        rows.iter()
-            .map(|&row| {
+    let mut parts = light_parts::Batch::default();
+    let mut scores = [0.0f32; light_parts::BATCH];
+    b.bench_local(|| {
+        let mut sum = 0.0f32;
+        for chunk in rows.chunks(light_parts::BATCH) {
+            parts.clear();
+            for &row in chunk {
                 let h = &s.hot[row as usize];
                 let a = h.author as usize;
-                light_parts::score(
+                parts.push(
                     &m.light,
                     h.light_part,
                     s.authors.light_part[a],
@@ -104,9 +110,12 @@ fn light_score_from_parts(b: Bencher) {
                     light_parts::velocity(&m.light, s.velocity(row, CORPUS_END_MS)),
                     &user,
                     CORPUS_END_MS,
-                )
-            })
-            .sum::<f32>()
+                );
+            }
+            parts.score(&m.light, &mut scores);
+            sum += scores[..chunk.len()].iter().sum::<f32>();
+        }
+        sum
     });
 }
 

@@ -85,7 +85,7 @@ impl Models {
 
 #[inline]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + crate::fastmath::exp(-x))
 }
 
 #[cfg(test)]
