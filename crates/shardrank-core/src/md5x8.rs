@@ -1,10 +1,11 @@
 //! MD5 of eight decimal ids at once, for routing.
 //!
 //! A decimal u64 is at most 20 bytes, so its MD5 is one 64-byte block. Eight blocks go
-//! through the 64 steps side by side, one lane each: the lane loops below are plain
-//! array arithmetic that LLVM turns into SIMD (4 lanes with SSE2, all 8 with AVX2, which
-//! is used when the CPU has it). Integer arithmetic: every path gives the same digest as
-//! the `md-5` crate, which the tests check.
+//! through the 64 steps side by side, one lane each: portably as lane loops over arrays
+//! that LLVM turns into SSE2, and with AVX2 (when the CPU has it) as two blocks of eight
+//! in 256-bit registers. The digits are built in registers (`decimal_words`) and the
+//! shard taken by a division-free remainder (`Modulus`). Integer arithmetic: every path
+//! gives the same digest as the `md-5` crate, which the tests check.
 
 pub const LANES: usize = 8;
 type V = [u32; LANES];
@@ -56,86 +57,218 @@ fn step<const S: u32>(a: V, b: V, f: V, mg: V, k: u32) -> V {
     map2(b, t, |b, t| b.wrapping_add(t.rotate_left(S)))
 }
 
-/// The 64 steps over eight one-block messages `m` (16 words per lane), unrolled
-/// (generated from RFC 1321's tables: rotation, message word and constant per step).
+/// The 64 steps of MD5 (generated from RFC 1321's tables: rotation, message word and
+/// constant per step), over message words `$m` and from the state `$init`, with the
+/// `step`, `ff`, `gg`, `hh` and `ii` of the place it is used: the portable lanes below
+/// and the AVX2 registers of [`avx2`] run the same listing.
+macro_rules! md5_steps {
+    ($m:expr, $init:expr) => {{
+        let m = $m;
+        let (mut a, mut b, mut c, mut d) = $init;
+        a = step::<7>(a, b, ff(b, c, d), m[0], 0xd76aa478);
+        d = step::<12>(d, a, ff(a, b, c), m[1], 0xe8c7b756);
+        c = step::<17>(c, d, ff(d, a, b), m[2], 0x242070db);
+        b = step::<22>(b, c, ff(c, d, a), m[3], 0xc1bdceee);
+        a = step::<7>(a, b, ff(b, c, d), m[4], 0xf57c0faf);
+        d = step::<12>(d, a, ff(a, b, c), m[5], 0x4787c62a);
+        c = step::<17>(c, d, ff(d, a, b), m[6], 0xa8304613);
+        b = step::<22>(b, c, ff(c, d, a), m[7], 0xfd469501);
+        a = step::<7>(a, b, ff(b, c, d), m[8], 0x698098d8);
+        d = step::<12>(d, a, ff(a, b, c), m[9], 0x8b44f7af);
+        c = step::<17>(c, d, ff(d, a, b), m[10], 0xffff5bb1);
+        b = step::<22>(b, c, ff(c, d, a), m[11], 0x895cd7be);
+        a = step::<7>(a, b, ff(b, c, d), m[12], 0x6b901122);
+        d = step::<12>(d, a, ff(a, b, c), m[13], 0xfd987193);
+        c = step::<17>(c, d, ff(d, a, b), m[14], 0xa679438e);
+        b = step::<22>(b, c, ff(c, d, a), m[15], 0x49b40821);
+        a = step::<5>(a, b, gg(b, c, d), m[1], 0xf61e2562);
+        d = step::<9>(d, a, gg(a, b, c), m[6], 0xc040b340);
+        c = step::<14>(c, d, gg(d, a, b), m[11], 0x265e5a51);
+        b = step::<20>(b, c, gg(c, d, a), m[0], 0xe9b6c7aa);
+        a = step::<5>(a, b, gg(b, c, d), m[5], 0xd62f105d);
+        d = step::<9>(d, a, gg(a, b, c), m[10], 0x02441453);
+        c = step::<14>(c, d, gg(d, a, b), m[15], 0xd8a1e681);
+        b = step::<20>(b, c, gg(c, d, a), m[4], 0xe7d3fbc8);
+        a = step::<5>(a, b, gg(b, c, d), m[9], 0x21e1cde6);
+        d = step::<9>(d, a, gg(a, b, c), m[14], 0xc33707d6);
+        c = step::<14>(c, d, gg(d, a, b), m[3], 0xf4d50d87);
+        b = step::<20>(b, c, gg(c, d, a), m[8], 0x455a14ed);
+        a = step::<5>(a, b, gg(b, c, d), m[13], 0xa9e3e905);
+        d = step::<9>(d, a, gg(a, b, c), m[2], 0xfcefa3f8);
+        c = step::<14>(c, d, gg(d, a, b), m[7], 0x676f02d9);
+        b = step::<20>(b, c, gg(c, d, a), m[12], 0x8d2a4c8a);
+        a = step::<4>(a, b, hh(b, c, d), m[5], 0xfffa3942);
+        d = step::<11>(d, a, hh(a, b, c), m[8], 0x8771f681);
+        c = step::<16>(c, d, hh(d, a, b), m[11], 0x6d9d6122);
+        b = step::<23>(b, c, hh(c, d, a), m[14], 0xfde5380c);
+        a = step::<4>(a, b, hh(b, c, d), m[1], 0xa4beea44);
+        d = step::<11>(d, a, hh(a, b, c), m[4], 0x4bdecfa9);
+        c = step::<16>(c, d, hh(d, a, b), m[7], 0xf6bb4b60);
+        b = step::<23>(b, c, hh(c, d, a), m[10], 0xbebfbc70);
+        a = step::<4>(a, b, hh(b, c, d), m[13], 0x289b7ec6);
+        d = step::<11>(d, a, hh(a, b, c), m[0], 0xeaa127fa);
+        c = step::<16>(c, d, hh(d, a, b), m[3], 0xd4ef3085);
+        b = step::<23>(b, c, hh(c, d, a), m[6], 0x04881d05);
+        a = step::<4>(a, b, hh(b, c, d), m[9], 0xd9d4d039);
+        d = step::<11>(d, a, hh(a, b, c), m[12], 0xe6db99e5);
+        c = step::<16>(c, d, hh(d, a, b), m[15], 0x1fa27cf8);
+        b = step::<23>(b, c, hh(c, d, a), m[2], 0xc4ac5665);
+        a = step::<6>(a, b, ii(b, c, d), m[0], 0xf4292244);
+        d = step::<10>(d, a, ii(a, b, c), m[7], 0x432aff97);
+        c = step::<15>(c, d, ii(d, a, b), m[14], 0xab9423a7);
+        b = step::<21>(b, c, ii(c, d, a), m[5], 0xfc93a039);
+        a = step::<6>(a, b, ii(b, c, d), m[12], 0x655b59c3);
+        d = step::<10>(d, a, ii(a, b, c), m[3], 0x8f0ccc92);
+        c = step::<15>(c, d, ii(d, a, b), m[10], 0xffeff47d);
+        b = step::<21>(b, c, ii(c, d, a), m[1], 0x85845dd1);
+        a = step::<6>(a, b, ii(b, c, d), m[8], 0x6fa87e4f);
+        d = step::<10>(d, a, ii(a, b, c), m[15], 0xfe2ce6e0);
+        c = step::<15>(c, d, ii(d, a, b), m[6], 0xa3014314);
+        b = step::<21>(b, c, ii(c, d, a), m[13], 0x4e0811a1);
+        a = step::<6>(a, b, ii(b, c, d), m[4], 0xf7537e82);
+        d = step::<10>(d, a, ii(a, b, c), m[11], 0xbd3af235);
+        c = step::<15>(c, d, ii(d, a, b), m[2], 0x2ad7d2bb);
+        b = step::<21>(b, c, ii(c, d, a), m[9], 0xeb86d391);
+        (a, b, c, d)
+    }};
+}
+
+/// The compression of eight one-block messages `m` (16 words per lane), unrolled.
 #[inline(always)]
 fn compress(m: &[V; 16]) -> [V; 4] {
-    let (mut a, mut b, mut c, mut d) = (
-        [INIT[0]; LANES],
-        [INIT[1]; LANES],
-        [INIT[2]; LANES],
-        [INIT[3]; LANES],
-    );
-    a = step::<7>(a, b, ff(b, c, d), m[0], 0xd76aa478);
-    d = step::<12>(d, a, ff(a, b, c), m[1], 0xe8c7b756);
-    c = step::<17>(c, d, ff(d, a, b), m[2], 0x242070db);
-    b = step::<22>(b, c, ff(c, d, a), m[3], 0xc1bdceee);
-    a = step::<7>(a, b, ff(b, c, d), m[4], 0xf57c0faf);
-    d = step::<12>(d, a, ff(a, b, c), m[5], 0x4787c62a);
-    c = step::<17>(c, d, ff(d, a, b), m[6], 0xa8304613);
-    b = step::<22>(b, c, ff(c, d, a), m[7], 0xfd469501);
-    a = step::<7>(a, b, ff(b, c, d), m[8], 0x698098d8);
-    d = step::<12>(d, a, ff(a, b, c), m[9], 0x8b44f7af);
-    c = step::<17>(c, d, ff(d, a, b), m[10], 0xffff5bb1);
-    b = step::<22>(b, c, ff(c, d, a), m[11], 0x895cd7be);
-    a = step::<7>(a, b, ff(b, c, d), m[12], 0x6b901122);
-    d = step::<12>(d, a, ff(a, b, c), m[13], 0xfd987193);
-    c = step::<17>(c, d, ff(d, a, b), m[14], 0xa679438e);
-    b = step::<22>(b, c, ff(c, d, a), m[15], 0x49b40821);
-    a = step::<5>(a, b, gg(b, c, d), m[1], 0xf61e2562);
-    d = step::<9>(d, a, gg(a, b, c), m[6], 0xc040b340);
-    c = step::<14>(c, d, gg(d, a, b), m[11], 0x265e5a51);
-    b = step::<20>(b, c, gg(c, d, a), m[0], 0xe9b6c7aa);
-    a = step::<5>(a, b, gg(b, c, d), m[5], 0xd62f105d);
-    d = step::<9>(d, a, gg(a, b, c), m[10], 0x02441453);
-    c = step::<14>(c, d, gg(d, a, b), m[15], 0xd8a1e681);
-    b = step::<20>(b, c, gg(c, d, a), m[4], 0xe7d3fbc8);
-    a = step::<5>(a, b, gg(b, c, d), m[9], 0x21e1cde6);
-    d = step::<9>(d, a, gg(a, b, c), m[14], 0xc33707d6);
-    c = step::<14>(c, d, gg(d, a, b), m[3], 0xf4d50d87);
-    b = step::<20>(b, c, gg(c, d, a), m[8], 0x455a14ed);
-    a = step::<5>(a, b, gg(b, c, d), m[13], 0xa9e3e905);
-    d = step::<9>(d, a, gg(a, b, c), m[2], 0xfcefa3f8);
-    c = step::<14>(c, d, gg(d, a, b), m[7], 0x676f02d9);
-    b = step::<20>(b, c, gg(c, d, a), m[12], 0x8d2a4c8a);
-    a = step::<4>(a, b, hh(b, c, d), m[5], 0xfffa3942);
-    d = step::<11>(d, a, hh(a, b, c), m[8], 0x8771f681);
-    c = step::<16>(c, d, hh(d, a, b), m[11], 0x6d9d6122);
-    b = step::<23>(b, c, hh(c, d, a), m[14], 0xfde5380c);
-    a = step::<4>(a, b, hh(b, c, d), m[1], 0xa4beea44);
-    d = step::<11>(d, a, hh(a, b, c), m[4], 0x4bdecfa9);
-    c = step::<16>(c, d, hh(d, a, b), m[7], 0xf6bb4b60);
-    b = step::<23>(b, c, hh(c, d, a), m[10], 0xbebfbc70);
-    a = step::<4>(a, b, hh(b, c, d), m[13], 0x289b7ec6);
-    d = step::<11>(d, a, hh(a, b, c), m[0], 0xeaa127fa);
-    c = step::<16>(c, d, hh(d, a, b), m[3], 0xd4ef3085);
-    b = step::<23>(b, c, hh(c, d, a), m[6], 0x04881d05);
-    a = step::<4>(a, b, hh(b, c, d), m[9], 0xd9d4d039);
-    d = step::<11>(d, a, hh(a, b, c), m[12], 0xe6db99e5);
-    c = step::<16>(c, d, hh(d, a, b), m[15], 0x1fa27cf8);
-    b = step::<23>(b, c, hh(c, d, a), m[2], 0xc4ac5665);
-    a = step::<6>(a, b, ii(b, c, d), m[0], 0xf4292244);
-    d = step::<10>(d, a, ii(a, b, c), m[7], 0x432aff97);
-    c = step::<15>(c, d, ii(d, a, b), m[14], 0xab9423a7);
-    b = step::<21>(b, c, ii(c, d, a), m[5], 0xfc93a039);
-    a = step::<6>(a, b, ii(b, c, d), m[12], 0x655b59c3);
-    d = step::<10>(d, a, ii(a, b, c), m[3], 0x8f0ccc92);
-    c = step::<15>(c, d, ii(d, a, b), m[10], 0xffeff47d);
-    b = step::<21>(b, c, ii(c, d, a), m[1], 0x85845dd1);
-    a = step::<6>(a, b, ii(b, c, d), m[8], 0x6fa87e4f);
-    d = step::<10>(d, a, ii(a, b, c), m[15], 0xfe2ce6e0);
-    c = step::<15>(c, d, ii(d, a, b), m[6], 0xa3014314);
-    b = step::<21>(b, c, ii(c, d, a), m[13], 0x4e0811a1);
-    a = step::<6>(a, b, ii(b, c, d), m[4], 0xf7537e82);
-    d = step::<10>(d, a, ii(a, b, c), m[11], 0xbd3af235);
-    c = step::<15>(c, d, ii(d, a, b), m[2], 0x2ad7d2bb);
-    b = step::<21>(b, c, ii(c, d, a), m[9], 0xeb86d391);
+    let init = |i: usize| [INIT[i]; LANES];
+    let (a, b, c, d) = md5_steps!(m, (init(0), init(1), init(2), init(3)));
     [
-        map2(a, [INIT[0]; LANES], u32::wrapping_add),
-        map2(b, [INIT[1]; LANES], u32::wrapping_add),
-        map2(c, [INIT[2]; LANES], u32::wrapping_add),
-        map2(d, [INIT[3]; LANES], u32::wrapping_add),
+        map2(a, init(0), u32::wrapping_add),
+        map2(b, init(1), u32::wrapping_add),
+        map2(c, init(2), u32::wrapping_add),
+        map2(d, init(3), u32::wrapping_add),
     ]
+}
+
+/// The same compression in 256-bit registers. Written with intrinsics because the
+/// portable lane loops compile, even with AVX2 enabled, to 128-bit halves that spill
+/// the state to the stack at every step (measured: about 40 ns per id).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{LANES, V};
+    use core::arch::x86_64::*;
+
+    /// Two blocks' registers, stepped together.
+    type Y = [__m256i; 2];
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn each(a: Y, b: Y, c: Y, f: impl Fn(__m256i, __m256i, __m256i) -> __m256i) -> Y {
+        [f(a[0], b[0], c[0]), f(a[1], b[1], c[1])]
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn ff(b: Y, c: Y, d: Y) -> Y {
+        each(b, c, d, |b, c, d| {
+            _mm256_or_si256(_mm256_and_si256(b, c), _mm256_andnot_si256(b, d))
+        })
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn gg(b: Y, c: Y, d: Y) -> Y {
+        each(b, c, d, |b, c, d| {
+            _mm256_or_si256(_mm256_and_si256(d, b), _mm256_andnot_si256(d, c))
+        })
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hh(b: Y, c: Y, d: Y) -> Y {
+        each(b, c, d, |b, c, d| {
+            _mm256_xor_si256(_mm256_xor_si256(b, c), d)
+        })
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn ii(b: Y, c: Y, d: Y) -> Y {
+        each(b, c, d, |b, c, d| {
+            let not_d = _mm256_xor_si256(d, _mm256_set1_epi32(-1));
+            _mm256_xor_si256(c, _mm256_or_si256(b, not_d))
+        })
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn step<const S: u32>(a: Y, b: Y, f: Y, mg: Y, k: u32) -> Y {
+        let one = |a, b, f, mg| {
+            let t = _mm256_add_epi32(
+                _mm256_add_epi32(a, f),
+                _mm256_add_epi32(mg, _mm256_set1_epi32(k as i32)),
+            );
+            let rot = _mm256_or_si256(
+                _mm256_sllv_epi32(t, _mm256_set1_epi32(S as i32)),
+                _mm256_srlv_epi32(t, _mm256_set1_epi32(32 - S as i32)),
+            );
+            _mm256_add_epi32(b, rot)
+        };
+        [one(a[0], b[0], f[0], mg[0]), one(a[1], b[1], f[1], mg[1])]
+    }
+
+    /// Two blocks of eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn compress2(m: &[[V; 16]; 2]) -> [[V; 4]; 2] {
+        // SAFETY (both blocks): V is [u32; 8], 32 bytes; unaligned loads and stores.
+        let load = |v: &V| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
+        let m: [Y; 16] = std::array::from_fn(|w| [load(&m[0][w]), load(&m[1][w])]);
+        let init = |i: usize| [_mm256_set1_epi32(super::INIT[i] as i32); 2];
+        let (a, b, c, d) = md5_steps!(m, (init(0), init(1), init(2), init(3)));
+        let mut out = [[[0u32; LANES]; 4]; 2];
+        for (i, v) in [a, b, c, d].into_iter().enumerate() {
+            for (blk, o) in out.iter_mut().enumerate() {
+                let sum = _mm256_add_epi32(v[blk], init(i)[blk]);
+                unsafe { _mm256_storeu_si256(o[i].as_mut_ptr() as *mut __m256i, sum) };
+            }
+        }
+        out
+    }
+}
+
+/// The eight ASCII digits of `x < 10^8` (leading zeros), first digit in the lowest
+/// byte: SWAR, the halves, then the pairs, then the digits split in parallel lanes of
+/// one u64 by multiplying with reciprocals (exact below 10^4, 10^2 and 10^1 as used).
+#[inline(always)]
+fn eight_digits(x: u64) -> u64 {
+    let v = (x / 10_000) | ((x % 10_000) << 32);
+    let q = ((v * 5243) >> 19) & 0x0000_007f_0000_007f;
+    let v = q | ((v - q * 100) << 16);
+    let q = ((v * 103) >> 10) & 0x000f_000f_000f_000f;
+    let v = q | ((v - q * 10) << 8);
+    v + 0x3030_3030_3030_3030
+}
+
+/// The first six words of the MD5 block of `id`'s decimal string (the string, then the
+/// 0x80 pad byte, then zeros), and the string's length. In registers: the digits are
+/// built in 64-bit words and the leading zeros shifted out, where writing the digits
+/// byte by byte and reading them back as words stalled on store forwarding (most of
+/// the time of routing an id).
+#[inline(always)]
+fn decimal_words(id: u64) -> ([u32; 6], usize) {
+    const E8: u64 = 100_000_000;
+    let len = id.checked_ilog10().unwrap_or(0) as usize + 1;
+    // Twenty-four digits, zero-padded, as three little-endian words (id < 10^20).
+    let w = [
+        eight_digits(id / (E8 * E8)),
+        eight_digits(id / E8 % E8),
+        eight_digits(id % E8),
+        0,
+    ];
+    // Drop the 24 - len leading zeros: a shift right of the 24-byte string.
+    let z = 24 - len;
+    let (k, r) = (z / 8, 8 * (z % 8));
+    let mut out = [0u64; 3];
+    for (i, o) in out.iter_mut().enumerate() {
+        let lo = w.get(i + k).copied().unwrap_or(0) as u128;
+        let hi = w.get(i + k + 1).copied().unwrap_or(0) as u128;
+        *o = ((lo | (hi << 64)) >> r) as u64;
+    }
+    out[len / 8] |= 0x80 << (8 * (len % 8));
+    let words = std::array::from_fn(|j| (out[j / 2] >> (32 * (j % 2))) as u32);
+    (words, len)
 }
 
 /// Lays out the padded MD5 block of each id's decimal string, word-major. A decimal
@@ -144,29 +277,20 @@ fn compress(m: &[V; 16]) -> [V; 4] {
 #[inline(always)]
 fn blocks(ids: &[u64; LANES]) -> [V; 16] {
     let mut m = [[0u32; LANES]; 16];
-    let mut buf = itoa::Buffer::new();
     for (l, &id) in ids.iter().enumerate() {
-        let s = buf.format(id).as_bytes();
-        let mut head = [0u8; 24];
-        head[..s.len()].copy_from_slice(s);
-        head[s.len()] = 0x80;
-        for w in 0..6 {
-            m[w][l] = u32::from_le_bytes([
-                head[4 * w],
-                head[4 * w + 1],
-                head[4 * w + 2],
-                head[4 * w + 3],
-            ]);
+        let (words, len) = decimal_words(id);
+        for (w, &word) in words.iter().enumerate() {
+            m[w][l] = word;
         }
-        m[14][l] = (s.len() as u32) * 8;
+        m[14][l] = (len as u32) * 8;
     }
     m
 }
 
-/// The digests as big-endian u128s (as `int(hexdigest, 16)` reads them).
+/// The digests of a compressed state as big-endian u128s (as `int(hexdigest, 16)`
+/// reads them).
 #[inline(always)]
-fn digests(ids: &[u64; LANES]) -> [u128; LANES] {
-    let [a, b, c, d] = compress(&blocks(ids));
+fn to_u128([a, b, c, d]: [V; 4]) -> [u128; LANES] {
     let mut out = [0u128; LANES];
     for l in 0..LANES {
         let hi = ((a[l].swap_bytes() as u64) << 32) | b[l].swap_bytes() as u64;
@@ -174,6 +298,12 @@ fn digests(ids: &[u64; LANES]) -> [u128; LANES] {
         out[l] = ((hi as u128) << 64) | lo as u128;
     }
     out
+}
+
+/// The digests of eight ids, portably.
+#[cfg(test)]
+fn digests(ids: &[u64; LANES]) -> [u128; LANES] {
+    to_u128(compress(&blocks(ids)))
 }
 
 /// `x mod n` without a division instruction (a 64-bit `div` is ~40 cycles here, a
@@ -202,17 +332,21 @@ impl Modulus {
     #[inline(always)]
     fn rem64(&self, x: u64) -> u64 {
         let q = ((x as u128 * self.m as u128) >> 64) as u64;
-        let mut r = x - q * self.n;
-        while r >= self.n {
-            r -= self.n;
-        }
-        r
+        let r = x - q * self.n;
+        // At most two corrections, without branches: digests are random, so a branch
+        // here was mispredicted about once per id.
+        let r = r - self.n * (r >= self.n) as u64;
+        r - self.n * (r >= self.n) as u64
     }
 
     /// `x mod n` for a 128-bit `x = hi * 2^64 + lo`.
     #[inline(always)]
     pub fn rem128(&self, x: u128) -> u32 {
         let (hi, lo) = ((x >> 64) as u64, x as u64);
+        if self.n.is_power_of_two() {
+            // 2^64 is a multiple of n: only the low bits count.
+            return (lo & (self.n - 1)) as u32;
+        }
         // Both terms are below n^2 < 2^64.
         self.rem64(self.rem64(hi) * self.two64 + self.rem64(lo)) as u32
     }
@@ -224,13 +358,13 @@ pub fn mod_u128(x: u128, n: u32) -> u32 {
     Modulus::new(n).rem128(x)
 }
 
+/// Routes `ids` eight at a time.
 #[inline(always)]
-fn shards_impl(ids: &[u64], n: u32, out: &mut [u32]) {
-    let modulus = Modulus::new(n);
+fn shards_impl(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
     let mut chunks = ids.chunks_exact(LANES);
     let mut outs = out.chunks_exact_mut(LANES);
     for (c, o) in (&mut chunks).zip(&mut outs) {
-        let d = digests(c.try_into().expect("exact chunk"));
+        let d = to_u128(compress(&blocks(c.try_into().expect("exact chunk"))));
         for l in 0..LANES {
             o[l] = modulus.rem128(d[l]);
         }
@@ -239,29 +373,45 @@ fn shards_impl(ids: &[u64], n: u32, out: &mut [u32]) {
     if !rest.is_empty() {
         let mut lane = [0u64; LANES];
         lane[..rest.len()].copy_from_slice(rest);
-        let d = digests(&lane);
+        let d = to_u128(compress(&blocks(&lane)));
         for (o, dl) in outs.into_remainder().iter_mut().zip(d) {
             *o = modulus.rem128(dl);
         }
     }
 }
 
+/// Sixteen at a time: MD5's steps depend one on the next, so one block of eight lanes
+/// waits on latency; two independent blocks fill the pipeline.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn shards_avx2(ids: &[u64], n: u32, out: &mut [u32]) {
-    shards_impl(ids, n, out)
+unsafe fn shards_avx2(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
+    let mut chunks = ids.chunks_exact(2 * LANES);
+    let mut outs = out.chunks_exact_mut(2 * LANES);
+    for (c, o) in (&mut chunks).zip(&mut outs) {
+        let (c0, c1) = c.split_at(LANES);
+        let m = [
+            blocks(c0.try_into().expect("eight")),
+            blocks(c1.try_into().expect("eight")),
+        ];
+        let [s0, s1] = avx2::compress2(&m);
+        for (o, d) in o.iter_mut().zip(to_u128(s0).into_iter().chain(to_u128(s1))) {
+            *o = modulus.rem128(d);
+        }
+    }
+    shards_impl(chunks.remainder(), modulus, outs.into_remainder())
 }
 
-/// The owning shard of every id: `out[i] = int(md5(str(ids[i]))) mod n`.
+/// The shard of each id, `int(md5(str(id))) mod n`, into `out` (as long as `ids`).
 pub fn shards(ids: &[u64], n: u32, out: &mut [u32]) {
     assert_eq!(ids.len(), out.len());
     assert!(n > 0);
+    let modulus = Modulus::new(n);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { shards_avx2(ids, n, out) };
+        return unsafe { shards_avx2(ids, modulus, out) };
     }
-    shards_impl(ids, n, out)
+    shards_impl(ids, modulus, out)
 }
 
 #[cfg(test)]
@@ -283,8 +433,19 @@ mod tests {
             12345678901234567890,
             u64::MAX,
             1 << 63,
+            9_999_999_999,
+            10_000_000_000,
+            10_000_000_001,
+            10_000_000_099,
+            99_999_999_999,
+            100_000_000_000,
         ];
+        ids.extend((1..20).flat_map(|k| {
+            let p = 10u64.pow(k);
+            [p - 1, p, p + 1, p + 10]
+        }));
         ids.extend((0..5000).map(|_| r.next_u64()));
+        ids.extend((0..5000).map(|_| r.next_u64() >> 16));
         ids.extend((0..500).map(|_| r.below(1_000_000)));
         for l in 0..LANES {
             let chunk: [u64; LANES] = std::array::from_fn(|i| ids[(l * 8 + i) % ids.len()]);
@@ -301,7 +462,7 @@ mod tests {
             }
             // The portable path too, whatever this CPU has.
             let mut out2 = vec![0u32; ids.len()];
-            shards_impl(&ids, n, &mut out2);
+            shards_impl(&ids, Modulus::new(n), &mut out2);
             assert_eq!(out, out2);
         }
     }
@@ -313,7 +474,9 @@ mod tests {
             1u32,
             2,
             3,
+            4,
             7,
+            64,
             10,
             255,
             65_537,

@@ -224,3 +224,27 @@ mod shardrank_coordinator_merge {
 fn shard_rank_1k_all_heavy(b: Bencher) {
     bench_shard_rank(b, 1000, 1000);
 }
+
+/// The light stage alone on one core: 4096 random candidates (one chunk), light only.
+#[divan::bench(items_count = 4096usize, sample_count = 200)]
+fn shard_light_4k_one_core(b: Bencher) {
+    let s = store();
+    let m = Models::builtin();
+    let ids = random_ids(4096);
+    let user = RequestUser::new(s, UserView::default(), &[], &[]);
+    b.bench(|| {
+        rank(
+            s,
+            &m.heavy,
+            &user,
+            &RankParams {
+                ids: black_box(&ids),
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: 100,
+                deadline: None,
+                light_only: true,
+            },
+        )
+    });
+}
