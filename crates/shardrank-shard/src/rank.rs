@@ -13,7 +13,7 @@
 use crate::index::prefetch;
 use crate::store::PostStore;
 use rayon::prelude::*;
-use shardrank_core::features::{extract, light_parts, UserView, NUM_FEATURES};
+use shardrank_core::features::{extract_batch, light_parts, UserView, NUM_FEATURES};
 use shardrank_core::model::heavy::Scratch;
 use shardrank_core::model::HeavyModel;
 use shardrank_core::topk::{keep_top, Ranked};
@@ -139,17 +139,21 @@ struct ChunkResult {
     seen: Seen,
 }
 
-#[inline]
+/// The heavy ranker's features of `rows`, into `out`.
 fn features(
     store: &PostStore,
     user: &RequestUser,
-    row: u32,
+    rows: impl Iterator<Item = u32>,
     now_ms: i64,
-    out: &mut [f32; NUM_FEATURES],
+    out: &mut [[f32; NUM_FEATURES]],
 ) {
-    let post = store.view(row, now_ms);
-    let followed = user.view.known && user.followees.contains(store.author(row));
-    extract(&post, followed, &user.view, now_ms, out);
+    let mut posts = Vec::with_capacity(out.len());
+    let mut followed = Vec::with_capacity(out.len());
+    for row in rows {
+        posts.push(store.view(row, now_ms));
+        followed.push(user.view.known && user.followees.contains(store.author(row)));
+    }
+    extract_batch(&posts, &followed, &user.view, now_ms, out);
 }
 
 /// Ids looked up together, in stages: their index slots are prefetched, then their hot
@@ -358,9 +362,7 @@ pub fn rank(
             out.truncated = true;
             break;
         }
-        for (x, s) in xb.iter_mut().zip(cb) {
-            features(store, user, s.row, p.now_ms, x);
-        }
+        features(store, user, cb.iter().map(|s| s.row), p.now_ms, xb);
         heavy.score_batch(xb, sb, &mut scratch);
         done += cb.len();
     }
