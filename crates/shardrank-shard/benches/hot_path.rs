@@ -11,7 +11,7 @@
 
 use divan::{black_box, Bencher};
 use shardrank_core::corpus::{generate, CorpusSpec, CORPUS_END_MS};
-use shardrank_core::features::{extract, light_parts, UserView, NUM_FEATURES};
+use shardrank_core::features::{extract_batch, light_parts, UserView, NUM_FEATURES};
 use shardrank_core::model::heavy::Scratch;
 use shardrank_core::model::Models;
 use shardrank_core::rng::Rng;
@@ -119,26 +119,29 @@ fn light_score_from_parts(b: Bencher) {
     });
 }
 
+/// The heavy ranker's full feature vectors, in batches of 128 as the shard's heavy stage
+/// builds them (views gathered, then the logarithms column by column).
 #[divan::bench(items_count = N)]
-fn light_score_full_features(b: Bencher) {
+fn heavy_features_batch(b: Bencher) {
     let s = store();
-    let m = Models::builtin();
     let rows: Vec<u32> = (0..N as u32).map(|i| i * 37 % s.len() as u32).collect();
     let user = UserView::default();
-    let mut x = [0.0f32; NUM_FEATURES];
+    let mut x = vec![[0.0f32; NUM_FEATURES]; 128];
+    let followed = [false; 128];
     b.bench_local(|| {
-        rows.iter()
-            .map(|&row| {
-                extract(
-                    &s.view(row, CORPUS_END_MS),
-                    false,
-                    &user,
-                    CORPUS_END_MS,
-                    &mut x,
-                );
-                m.light.score(&x)
-            })
-            .sum::<f32>()
+        let mut sum = 0.0f32;
+        for chunk in rows.chunks(128) {
+            let posts: Vec<_> = chunk.iter().map(|&r| s.view(r, CORPUS_END_MS)).collect();
+            extract_batch(
+                &posts,
+                &followed[..chunk.len()],
+                &user,
+                CORPUS_END_MS,
+                &mut x[..chunk.len()],
+            );
+            sum += x[0][0];
+        }
+        sum
     });
 }
 
