@@ -1,7 +1,8 @@
 //! Ranks one request on this shard.
 //!
-//! 1. Look up each candidate (a repeated id counts once: a bitset over rows), drop
-//!    unknown ids and posts by excluded authors, light-score the rest. Large requests
+//! 1. Look up each candidate (a repeated id counts once: a bitset over rows per chunk,
+//!    repeats across chunks dropped at the merge), drop unknown ids and posts by
+//!    excluded authors, light-score the rest in batches (vectorised). Large requests
 //!    are split into chunks scored on all cores, each keeping only its local top list
 //!    (map), which are then merged (reduce): no full sort of all candidates.
 //! 2. Take the slice `[skip, skip + count)` of the local light order and heavy-score it
@@ -293,9 +294,9 @@ fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> 
         all.extend(c.top);
         rows.push(c.seen);
     }
+    unknown.sort_unstable();
+    unknown.dedup();
     if !one {
-        unknown.sort_unstable();
-        unknown.dedup();
         excluded.sort_unstable();
         excluded.dedup();
         // Distinct rows seen by any chunk, less the excluded ones.
@@ -310,9 +311,6 @@ fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> 
         all.sort_unstable_by(shardrank_core::topk::cmp);
         all.dedup_by_key(|c| c.id);
         all.truncate(keep);
-    } else {
-        unknown.sort_unstable();
-        unknown.dedup();
     }
     out.unknown = unknown.len();
     out.excluded = excluded.len();
