@@ -302,31 +302,51 @@ impl PostStore {
 
     /// [`Self::apply_batch`] of the part `feed` carries.
     pub fn apply_batch_from(&mut self, events: &[Event], feed: Feed) {
+        // Only posts and engagements have an owner: their ids are gathered and routed
+        // together (user and follow events, most of the corpus, are not hashed).
         let mut ids = [0u64; APPLY_BATCH];
         let mut owners = [0u32; APPLY_BATCH];
         for chunk in events.chunks(APPLY_BATCH) {
-            for (id, e) in ids.iter_mut().zip(chunk) {
-                *id = match e {
-                    Event::NewTweet(t) => t.id,
-                    Event::Engagement(g) => g.tweet_id,
-                    _ => 0,
-                };
-                match e {
-                    Event::User(u) => self.authors.index.prefetch(u.user_id),
-                    Event::Social(x) => self.authors.index.prefetch(x.target_id),
+            let mut n = 0;
+            for e in chunk {
+                let routed = match e {
+                    Event::User(u) => {
+                        self.authors.index.prefetch(u.user_id);
+                        None
+                    }
+                    Event::Social(x) => {
+                        self.authors.index.prefetch(x.target_id);
+                        None
+                    }
                     Event::NewTweet(t) => {
                         self.authors.index.prefetch(t.author_id);
                         self.index.prefetch(t.id);
+                        Some(t.id)
                     }
-                    Event::Engagement(g) => self.index.prefetch(g.tweet_id),
+                    Event::Engagement(g) => {
+                        self.index.prefetch(g.tweet_id);
+                        Some(g.tweet_id)
+                    }
+                };
+                if let Some(id) = routed {
+                    ids[n] = id;
+                    n += 1;
                 }
             }
-            let n = chunk.len();
             if self.num_shards > 1 {
                 shardrank_core::md5x8::shards(&ids[..n], self.num_shards, &mut owners[..n]);
+            } else {
+                owners[..n].fill(self.shard_index);
             }
-            for (e, &owner) in chunk.iter().zip(&owners[..n]) {
-                self.apply_routed(e, owner == self.shard_index, feed);
+            let mut owner = owners[..n].iter();
+            for e in chunk {
+                let owned = match e {
+                    Event::NewTweet(_) | Event::Engagement(_) => {
+                        owner.next().is_some_and(|&o| o == self.shard_index)
+                    }
+                    _ => false,
+                };
+                self.apply_routed(e, owned, feed);
             }
         }
     }
