@@ -48,11 +48,59 @@ pub fn partition(ids: &[u64], num_shards: u32) -> Vec<Vec<u64>> {
     parts
 }
 
+/// [`partition`] on `threads` cores: contiguous pieces of `ids` routed at once, then
+/// each shard's lists joined in piece order (so still in request order). For the
+/// largest requests, whose routing is the serial part of their latency.
+pub fn partition_parallel(ids: &[u64], num_shards: u32, threads: usize) -> Vec<Vec<u64>> {
+    let piece = ids.len().div_ceil(threads.max(1)).max(1);
+    if threads <= 1 || ids.len() <= piece {
+        return partition(ids, num_shards);
+    }
+    let parts: Vec<Vec<Vec<u64>>> = std::thread::scope(|s| {
+        let rest: Vec<_> = ids[piece..]
+            .chunks(piece)
+            .map(|c| s.spawn(move || partition(c, num_shards)))
+            .collect();
+        let mut parts = vec![partition(&ids[..piece], num_shards)];
+        // A panic in a routing thread is a bug: re-raise it here.
+        parts.extend(
+            rest.into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+        );
+        parts
+    });
+    let mut pieces = parts.into_iter();
+    let mut out = pieces.next().unwrap_or_default();
+    for p in pieces {
+        for (o, more) in out.iter_mut().zip(p) {
+            o.extend_from_slice(&more);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Computed with Python: `int(hashlib.md5(str(i).encode()).hexdigest(), 16) % n`.
+    #[test]
+    fn parallel_partition_equals_serial() {
+        let mut r = crate::rng::Rng::new(21);
+        for len in [0usize, 1, 7, 1000, 10_001] {
+            let ids: Vec<u64> = (0..len).map(|_| r.next_u64() >> (r.below(40))).collect();
+            for threads in [1, 2, 3, 8] {
+                for n in [1u32, 3, 4] {
+                    assert_eq!(
+                        partition_parallel(&ids, n, threads),
+                        partition(&ids, n),
+                        "len {len}, threads {threads}, n {n}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_python_vectors() {
         // (id, digest, id%2, id%3, id%4, id%7, id%16)
