@@ -270,8 +270,8 @@ impl Ranker {
                     routing::partition(ids, n)
                 }
             })
-                .await
-                .map_err(|e| CoordinatorError::Internal(format!("routing task failed: {e}")))?
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("routing task failed: {e}")))?
         };
         stats.route_ms = route_started.elapsed().as_secs_f64() * 1e3;
         let counts: Vec<usize> = by_shard.iter().map(Vec::len).collect();
