@@ -125,47 +125,14 @@ pub mod light_parts {
         z
     }
 
-    /// The light score from the stored parts plus the age and user terms.
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    pub fn score(
-        m: &LightModel,
-        post_part: f32,
-        author_part: f32,
-        created_at: i64,
-        post_lang: Lang,
-        has_media: bool,
-        author_cluster: u32,
-        author_followed: bool,
-        velocity_part: f32,
-        user: &UserView,
-        now_ms: i64,
-    ) -> f32 {
-        let mut b = Batch::default();
-        b.push(
-            m,
-            post_part,
-            author_part,
-            created_at,
-            post_lang,
-            has_media,
-            author_cluster,
-            author_followed,
-            velocity_part,
-            user,
-            now_ms,
-        );
-        finish(m, &b, 0)
-    }
-
     /// Candidates scored together by [`Batch::score`].
     pub const BATCH: usize = 32;
 
-    /// The per-candidate inputs of [`score`] for up to [`BATCH`] candidates, in
-    /// columns: the caller gathers them (random reads, one candidate at a time), then
-    /// the age, freshness and sigmoid of all of them are computed in one loop the
-    /// compiler vectorises (8 lanes with AVX2). Both forms run [`finish`], so they
-    /// give the same bits.
+    /// The light score's per-candidate inputs (stored parts, age, user terms) for up
+    /// to [`BATCH`] candidates, in columns: the caller gathers them (random reads, one
+    /// candidate at a time), then the age, freshness and sigmoid of all of them are
+    /// computed in one loop the compiler vectorises (8 lanes with AVX2); the AVX2 and
+    /// the portable loop both run [`finish`], so they give the same bits.
     #[derive(Clone)]
     pub struct Batch {
         len: usize,
@@ -209,7 +176,7 @@ pub mod light_parts {
             self.len = 0;
         }
 
-        /// Adds a candidate (the arguments of [`score`]); the batch must not be full.
+        /// Adds a candidate; the batch must not be full.
         #[inline]
         #[allow(clippy::too_many_arguments)]
         pub fn push(
@@ -518,7 +485,8 @@ mod tests {
         assert_eq!(f[17], 0.5);
         // The split light score is the same model as the dot product over the vector.
         let m = crate::model::defaults::light();
-        let fast = light_parts::score(
+        let mut parts = light_parts::Batch::default();
+        parts.push(
             &m,
             light_parts::post(&m, &post),
             light_parts::author(&m, post.author_followers, post.author_posts),
@@ -531,6 +499,9 @@ mod tests {
             &user,
             24 * 3_600_000,
         );
+        let mut scores = [0.0; light_parts::BATCH];
+        parts.score(&m, &mut scores);
+        let fast = scores[0];
         assert!(
             (fast - m.score(&f)).abs() < 1e-6,
             "{fast} vs {}",
