@@ -154,6 +154,7 @@ async fn main() -> ExitCode {
             };
             tokio::task::spawn_blocking(move || {
                 let mut users = UserStore::default();
+                users.begin_load();
                 let report = source
                     .for_each(|e| users.apply(&e))
                     .map_err(|e| format!("loading users from {describe}: {e}"))?;
@@ -161,6 +162,7 @@ async fn main() -> ExitCode {
                     shardrank_coordinator::ingest::catch_up(&mut c, &mut users, &metrics);
                     c
                 });
+                users.finish_load();
                 Ok::<_, String>((users, report, consumer))
             })
             .await
