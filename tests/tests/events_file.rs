@@ -1,5 +1,6 @@
-//! One ingestion path: a corpus written by `shardrank gen` and loaded with --events
-//! gives exactly the answers of the same corpus generated in-process.
+//! One ingestion path: a corpus written by `shardrank gen` (JSON lines or the binary
+//! form) and loaded with --events gives exactly the answers of the same corpus generated
+//! in-process.
 
 use shardrank_core::rng::Rng;
 use shardrank_proto::v1::RankRequest;
@@ -28,13 +29,35 @@ async fn events_file_and_generator_agree() {
     let facts = Facts::of("tiny", 42);
     let lines = std::fs::read_to_string(&file).unwrap().lines().count();
     assert!(lines > facts.tweets.len());
+    let bin = dir.join("tiny.bin");
+    let (code, _, err) = run(
+        "shardrank",
+        &[
+            "gen",
+            "--corpus",
+            "tiny",
+            "--format",
+            "binary",
+            "--out",
+            bin.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!("wrote {} events", lines - 1)),
+        "{err}"
+    );
 
     let file_args = ["--events", file.to_str().unwrap()];
-    let (from_file, generated) = tokio::join!(
+    let bin_args = ["--events", bin.to_str().unwrap()];
+    let (from_file, generated, from_bin) = tokio::join!(
         Cluster::start(2, &file_args),
-        Cluster::start(3, &["--corpus", "tiny"])
+        Cluster::start(3, &["--corpus", "tiny"]),
+        Cluster::start(2, &bin_args)
     );
     let (mut a, mut b) = (from_file.client().await, generated.client().await);
+    let mut c = from_bin.client().await;
     let mut rng = Rng::new(9);
     for n in [10usize, 1000, 20_000] {
         let user = facts.users[rng.below(facts.users.len() as u64) as usize];
@@ -45,6 +68,7 @@ async fn events_file_and_generator_agree() {
             ..Default::default()
         };
         let x = a.rank(req.clone()).await.unwrap().into_inner();
+        let z = c.rank(req.clone()).await.unwrap().into_inner();
         let y = b.rank(req).await.unwrap().into_inner();
         let key = |r: &shardrank_proto::v1::RankResponse| -> Vec<(u64, u32)> {
             r.candidates
@@ -54,6 +78,7 @@ async fn events_file_and_generator_agree() {
         };
         assert!(!x.candidates.is_empty());
         assert_eq!(key(&x), key(&y), "n={n}");
+        assert_eq!(key(&z), key(&y), "binary, n={n}");
     }
 }
 

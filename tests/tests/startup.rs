@@ -279,6 +279,57 @@ fn with_strict_a_malformed_events_line_stops_the_shard_naming_the_line() {
     );
 }
 
+#[test]
+fn a_truncated_binary_events_file_stops_the_shard_naming_the_offset() {
+    let dir = scratch_dir("events-bin");
+    let file = dir.join("tiny.bin");
+    let (code, _, err) = run(
+        "shardrank",
+        &[
+            "gen",
+            "--corpus",
+            "tiny",
+            "--format",
+            "binary",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // Cut off the last record and the end record: a copy that stopped half way.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 30]).unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--events",
+        file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < T,
+            "shard kept running with a truncated events file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert!(
+        log.contains("truncated") && log.contains("byte ") && log.contains("tiny.bin"),
+        "{log}"
+    );
+}
+
 /// Runs a coordinator on the tiny corpus against `shards` to its exit, off the runtime.
 async fn run_coordinator(shards: String) -> (Option<i32>, String, String) {
     tokio::task::spawn_blocking(move || {

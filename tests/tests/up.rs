@@ -21,7 +21,7 @@ struct Up {
     /// Started processes in the order `up` printed them: shards, then the coordinator.
     pids: Vec<u32>,
     target: String,
-    _logs: ScratchDir,
+    logs: ScratchDir,
 }
 
 /// Runs `shardrank up` with `args` and waits for its "cluster up" line.
@@ -69,7 +69,7 @@ fn start(args: &[&str]) -> Up {
         _stdout: out,
         pids,
         target,
-        _logs: logs,
+        logs,
     }
 }
 
@@ -78,7 +78,8 @@ fn kill9(pid: u32) {
 }
 
 /// SIGTERMs `up`, checks it exits 0 with no process left; returns its stderr.
-async fn stop(mut up: Up) -> String {
+/// Stops `up`; its standard error, and its log directory (kept until dropped).
+async fn stop(mut up: Up) -> (String, ScratchDir) {
     shardrank_tests::send_signal(up.child.id(), "TERM");
     let t0 = Instant::now();
     let status = loop {
@@ -97,7 +98,7 @@ async fn stop(mut up: Up) -> String {
     for &p in &up.pids {
         assert!(!alive(p), "process {p} left behind");
     }
-    err
+    (err, up.logs)
 }
 
 async fn rank(target: &str) -> shardrank_proto::v1::RankResponse {
@@ -122,6 +123,9 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
     let up = start(&["--shards", "3"]);
     assert_eq!(up.pids.len(), 4, "3 shards and a coordinator");
     assert!(up.pids.iter().all(|&p| alive(p)));
+    // The corpus was generated once, for all the processes, and is removed at the end.
+    let corpus = up.logs.join("corpus-tiny-42.events.bin");
+    assert!(corpus.exists());
     let r = rank(&up.target).await;
     assert_eq!(r.candidates.len(), 10);
 
@@ -130,8 +134,11 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let r = rank(&up.target).await;
     assert_eq!(r.missing_shards, vec![1]);
-    let err = stop(up).await;
+    let (err, logs) = stop(up).await;
     assert!(err.contains("shard 1 exited"), "{err}");
+    assert!(!corpus.exists(), "left {}", corpus.display());
+    let log = std::fs::read_to_string(logs.join("shard-0.log")).unwrap();
+    assert!(log.contains("corpus tiny (seed 42)"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +155,7 @@ async fn up_with_replicas_survives_a_dead_replica() {
         assert!(r.missing_shards.is_empty(), "{:?}", r.missing_shards);
         assert_eq!(r.candidates, full.candidates);
     }
-    let err = stop(up).await;
+    let (err, _logs) = stop(up).await;
     assert!(err.contains("shard 1 replica 0 exited"), "{err}");
 }
 

@@ -36,7 +36,8 @@ pub struct UpArgs {
     /// the coordinator spreads load over them, retries and hedges across them.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
-    /// Built-in corpus every process generates (ignored with --events).
+    /// Built-in corpus: generated once into the log directory in the binary events form,
+    /// which every process then loads (ignored with --events); removed when `up` exits.
     #[arg(long, default_value = "standard", value_parser = clap::builder::PossibleValuesParser::new(shardrank_core::corpus::CorpusSpec::NAMES))]
     corpus: String,
     #[arg(long, default_value_t = shardrank_core::corpus::DEFAULT_SEED)]
@@ -65,6 +66,15 @@ pub struct UpArgs {
     /// How long to wait for the cluster to be healthy.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     wait_secs: u64,
+}
+
+/// A file `up` made for its processes, removed when `up` returns.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 struct Member {
@@ -186,14 +196,41 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     };
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| format!("--log-dir {}: {e}", log_dir.display()))?;
+    let t0 = Instant::now();
+    let mut _corpus_file = None;
     let mut data: Vec<String> = match &a.events {
         Some(f) => vec!["--events".into(), f.display().to_string()],
-        None => vec![
-            "--corpus".into(),
-            a.corpus.clone(),
-            "--corpus-seed".into(),
-            a.corpus_seed.to_string(),
-        ],
+        None => {
+            // Generating the corpus costs a process about what loading it does: once
+            // here instead of in each of the processes, which share the cores.
+            let spec = shardrank_core::corpus::CorpusSpec::named(&a.corpus, a.corpus_seed)
+                .ok_or_else(|| format!("--corpus {:?} is not a known corpus", a.corpus))?;
+            let file = log_dir.join(format!("corpus-{}-{}.events.bin", spec.name, spec.seed));
+            let path = file.clone();
+            let n = tokio::task::spawn_blocking(move || {
+                crate::write_corpus(&spec, crate::Format::Binary, &path)
+            })
+            .await
+            .map_err(|e| format!("generating the corpus: {e}"))??;
+            say!(
+                "generated corpus {} (seed {}): {n} events in {:.2} s into {}",
+                a.corpus,
+                a.corpus_seed,
+                t0.elapsed().as_secs_f64(),
+                file.display()
+            );
+            let data = vec![
+                "--events".into(),
+                file.display().to_string(),
+                // For the live stream's users, should one be turned on.
+                "--corpus".into(),
+                a.corpus.clone(),
+                "--corpus-seed".into(),
+                a.corpus_seed.to_string(),
+            ];
+            _corpus_file = Some(RemoveOnDrop(file));
+            data
+        }
     };
     if let Some(m) = &a.model_dir {
         data.extend(["--model-dir".into(), m.display().to_string()]);
@@ -211,7 +248,6 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
         }
     };
 
-    let t0 = Instant::now();
     let mut members = Vec::new();
     let mut urls: Vec<Vec<String>> = vec![Vec::new(); a.shards as usize];
     for r in 0..a.replicas {

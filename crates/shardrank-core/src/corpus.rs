@@ -1,8 +1,10 @@
 //! The deterministic corpus generator (`standard`, `tiny`), as an event stream.
 //!
 //! Same seed, same events, whatever the number of shards: every process that needs the
-//! corpus (each shard, the coordinator, the load test) generates it itself, so nothing
-//! is shipped and start-up needs no file. The stream, in order:
+//! corpus (each shard, the coordinator, the load test) can generate it itself, so nothing
+//! is shipped and start-up needs no file (`shardrank up`, whose processes share the
+//! cores, generates it once in the binary events form for all of them instead). The
+//! stream, in order:
 //! 1. a `user` event per user (language, the interest cluster it is known for);
 //! 2. the follow graph: about 50 followees per user, power-law popularity (a few
 //!    accounts with very many followers), 60% of follows inside the user's community;
@@ -108,10 +110,29 @@ fn pick_lang(r: &mut Rng) -> Lang {
 
 /// Generates the corpus, calling `sink` with each event in stream order.
 pub fn generate(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
+    generate_social(spec, &mut sink);
+    generate_posts(spec, sink);
+}
+
+/// The first part of the stream: users, then follows, blocks and mutes. The two parts
+/// draw from independent random streams, so they can be generated at once on two
+/// threads and concatenated ([`generate`] is exactly that, on one).
+pub fn generate_social(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
+    users(spec, &mut sink);
+    social(spec, sink);
+}
+
+/// The second part: posts over a week, engagement over its last two hours.
+pub fn generate_posts(spec: &CorpusSpec, sink: impl FnMut(Event)) {
+    // Posts take their author's language mostly: the users' draws again, unsent.
+    let user_lang = users(spec, |_| {});
+    posts(spec, &user_lang, sink);
+}
+
+/// 1. Users; their languages.
+fn users(spec: &CorpusSpec, mut sink: impl FnMut(Event)) -> Vec<Lang> {
     let n = spec.users;
     let start = CORPUS_END_MS - WEEK_MS;
-
-    // 1. Users.
     let mut rng = Rng::fork(spec.seed, 1);
     let mut user_lang = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -125,7 +146,14 @@ pub fn generate(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
         }));
     }
 
-    // 2. Follows, blocks, mutes. Members of each community, most popular first.
+    user_lang
+}
+
+/// 2. Follows, blocks, mutes.
+fn social(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
+    let n = spec.users;
+    let start = CORPUS_END_MS - WEEK_MS;
+    // Members of each community, most popular first.
     let mut members: Vec<Vec<u64>> = vec![Vec::new(); COMMUNITIES as usize];
     for i in 0..n {
         members[community_of(spec, i) as usize].push(i);
@@ -189,8 +217,12 @@ pub fn generate(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
             }
         }
     }
+}
 
-    // 3. Tweets over a week, engagement events over the last two hours.
+/// 3. Tweets over a week, engagement events over the last two hours.
+fn posts(spec: &CorpusSpec, user_lang: &[Lang], mut sink: impl FnMut(Event)) {
+    let n = spec.users;
+    let start = CORPUS_END_MS - WEEK_MS;
     let mut rng = Rng::fork(spec.seed, 3);
     let mut eng = Rng::fork(spec.seed, 4);
     let gap = WEEK_MS as f64 / spec.tweets as f64;

@@ -20,6 +20,8 @@ use std::io::{BufRead, Write};
 
 use crate::lang::{self, Lang};
 
+pub mod binary;
+
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -135,6 +137,9 @@ pub enum EventError {
     Malformed { line: u64, msg: String },
     #[error("line {line}: schema version {found} is not supported (this build reads version {SCHEMA_VERSION})")]
     Version { line: u64, found: u32 },
+    /// A damaged or truncated binary events file ([`binary`]).
+    #[error("byte {offset}: {msg}")]
+    Binary { offset: u64, msg: String },
     #[error("reading events: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -19,6 +19,9 @@ fn check_line(text: &str, line_no: u64) {
         }
         Err(EventError::Version { line, .. }) => assert_eq!(line, line_no),
         Err(EventError::Io(e)) => panic!("parse_line returned an I/O error: {e}"),
+        Err(e @ EventError::Binary { .. }) => {
+            panic!("parse_line returned a binary-form error: {e}")
+        }
     }
 }
 
