@@ -755,3 +755,89 @@ async fn a_broker_that_goes_away_is_waited_out_and_the_cluster_serves_meanwhile(
         .into_inner();
     assert_eq!(r.candidates.len(), 1);
 }
+
+/// A shard whose snapshot is ahead of the log (the broker lost records the shard had
+/// applied: here, a replacement broker with a shorter log) must not skip the new
+/// records that take the lost offsets as replays: the cut is logged as an error and
+/// counted, and what is produced after it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_below_the_applied_position_is_reported_and_new_records_are_applied() {
+    let Loaded {
+        broker, dir, now, ..
+    } = loaded("kafka-cut");
+    let snaps = dir.join("snapshots");
+    let shard = |brokers: &str, log: &str| {
+        let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
+        let p = Proc::spawn(
+            "shardrank-shard",
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{admin}"),
+                "--shard-index".into(),
+                "0".into(),
+                "--num-shards".into(),
+                "2".into(),
+                "--kafka-brokers".into(),
+                brokers.to_string(),
+                "--snapshot-dir".into(),
+                snaps.to_str().unwrap().into(),
+                "--snapshot-interval-secs".into(),
+                "1".into(),
+            ],
+            dir.join(log),
+        );
+        (
+            p,
+            format!("http://127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{admin}"),
+        )
+    };
+    let (mut first, url, _) = shard(&broker.addr, "first.log");
+    shardrank_tests::wait_serving(&url, "", &mut first, TIMEOUT).await;
+    let snapshot = snaps.join("shard-0-of-2.snap");
+    let t0 = Instant::now();
+    while !snapshot.exists() {
+        assert!(t0.elapsed() < TIMEOUT, "no snapshot written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill();
+
+    // The replacement broker's log holds three new posts: it ends far below the
+    // snapshot's positions.
+    let other = Broker::start();
+    let file = dir.join("three.jsonl");
+    let mut w =
+        shardrank_core::events::EventWriter::new(std::fs::File::create(&file).unwrap(), "none", 0)
+            .unwrap();
+    let mine: Vec<u64> = (9_200_000_000_000u64..)
+        .filter(|&id| shard_of(id, 2) == 0)
+        .take(4)
+        .collect();
+    for &id in &mine[..3] {
+        w.write(&new_post(id, 7, now)).unwrap();
+    }
+    w.finish().unwrap();
+    assert_eq!(produce(&other, &file, 2).0, Some(0));
+    let (mut second, url, admin) = shard(&other.addr, "second.log");
+    shardrank_tests::wait_serving(&url, "", &mut second, TIMEOUT).await;
+    let log = plain(&std::fs::read_to_string(&second.log).unwrap());
+    assert!(log.contains("from_snapshot=true"), "{log}");
+
+    // A post produced now takes an offset below the restored position.
+    let producer = EventProducer::new(&other.addr, "tweet_events", "user_events", 2).unwrap();
+    producer.send_event(&new_post(mine[3], 7, now)).unwrap();
+    producer.raw.flush(Duration::from_secs(20)).unwrap();
+    wait_holds(&url, 0, 2, mine[3]).await;
+    let (_, m) = http_get(&format!("{admin}/metrics")).await;
+    assert!(
+        metric(&m, "shardrank_shard_log_truncations_total").unwrap() >= 1.0,
+        "{m}"
+    );
+    let log = plain(&std::fs::read_to_string(&second.log).unwrap());
+    assert!(
+        log.contains("below this consumer's position"),
+        "the cut was not reported:\n{log}"
+    );
+}

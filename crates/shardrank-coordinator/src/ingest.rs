@@ -166,6 +166,7 @@ fn take(
     let batch = c.poll_batch(max, wait);
     metrics.events_malformed.inc_by(batch.malformed);
     metrics.events_replayed.inc_by(batch.replayed);
+    metrics.log_truncations.inc_by(batch.truncated);
     batch.records.into_iter().map(|r| r.event).collect()
 }
 

@@ -95,6 +95,7 @@ pub struct CoordinatorMetrics {
     pub consumer_lag: Family<Topic, Gauge>,
     pub events_malformed: Counter,
     pub events_replayed: Counter,
+    pub log_truncations: Counter,
     pub fanout_deliveries: Counter,
     pub timeline_updates_published: Counter,
 }
@@ -127,6 +128,7 @@ impl CoordinatorMetrics {
             consumer_lag: Family::default(),
             events_malformed: Counter::default(),
             events_replayed: Counter::default(),
+            log_truncations: Counter::default(),
             fanout_deliveries: Counter::default(),
             timeline_updates_published: Counter::default(),
         };
@@ -254,6 +256,11 @@ impl CoordinatorMetrics {
             "events_replayed",
             "Kafka records at offsets already applied, skipped",
             m.events_replayed.clone(),
+        );
+        r.register(
+            "log_truncations",
+            "Kafka partitions found cut below the position already applied (a broker that lost records): each logged as an error, reading resumed at the log's end",
+            m.log_truncations.clone(),
         );
         r.register(
             "fanout_deliveries",

@@ -11,6 +11,16 @@
 //! at an offset already applied (a broker re-delivery after a reconnect, say) is
 //! skipped and counted, and a jump forward (records deleted by retention before they
 //! were read) is logged as a gap.
+//!
+//! A record below the position can also mean the log was cut below it (a broker that
+//! lost its tail, an unclean leader election): the consumer's position was out of
+//! range, the client restarted at the log's beginning, and new records now take
+//! offsets the state has passed. Skipping them as replays would drop them silently, so
+//! the first record below the position asks the broker where the partition ends: if
+//! it ends below the position, the cut is logged as an error and counted
+//! (`Batch::truncated`), and reading resumes at the log's end as it is now. Records
+//! written between the cut and that moment, at offsets below the end, cannot be told
+//! from the old ones without leader epochs; the error names their range.
 
 use crate::producer::{dead_letter_headers, RawProducer};
 use crate::{client_config, KafkaError};
@@ -76,6 +86,8 @@ pub struct Batch {
     pub malformed: u64,
     /// Records at offsets already applied: skipped.
     pub replayed: u64,
+    /// Partitions found cut below the position (see the module's notes).
+    pub truncated: u64,
 }
 
 /// High watermarks from librdkafka's statistics (every second), for the lag.
@@ -120,6 +132,27 @@ struct Part {
     committed: i64,
     /// Started at the beginning and nothing read yet: the first offset may be > 0.
     fresh: bool,
+    /// The position at which records below it were last checked to be replays (the
+    /// partition's end was at or past it): one broker round trip per position.
+    replays_checked_at: Option<i64>,
+}
+
+/// What a record below a partition's position `next` is, given where the partition's
+/// log ends now (`end`, the high watermark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BelowPosition {
+    /// The log still reaches the position: a re-delivery of an applied record.
+    Replay,
+    /// The log ends below the position: it was cut, and reading resumes at `end`.
+    Truncated { end: i64 },
+}
+
+pub fn below_position(next: i64, end: i64) -> BelowPosition {
+    if end < next {
+        BelowPosition::Truncated { end }
+    } else {
+        BelowPosition::Replay
+    }
 }
 
 /// Reads the assigned partitions in order from the given positions.
@@ -182,6 +215,7 @@ impl EventConsumer {
                 next,
                 committed: next,
                 fresh: a.start == Start::Beginning,
+                replays_checked_at: None,
             });
         }
         consumer.assign(&tpl)?;
@@ -223,8 +257,46 @@ impl EventConsumer {
                 continue;
             };
             if offset < p.next {
-                batch.replayed += 1;
-                continue;
+                if p.replays_checked_at != Some(p.next) {
+                    let end = self
+                        .consumer
+                        .fetch_watermarks(&p.topic, partition, Duration::from_secs(5))
+                        .map(|(_, high)| high);
+                    match end.map(|end| below_position(p.next, end)) {
+                        Ok(BelowPosition::Truncated { end }) => {
+                            tracing::error!(
+                                topic = &*p.topic,
+                                partition,
+                                position = p.next,
+                                log_end = end,
+                                "the partition's log ends at offset {end}, below this consumer's position {}: offsets {end}..{} were applied here and are gone from the broker (a broker that lost its tail, or an unclean leader election). Resuming at {end}; records written since the cut at offsets below {end}, if any, are not applied",
+                                p.next,
+                                p.next - 1
+                            );
+                            batch.truncated += 1;
+                            p.next = end;
+                            p.replays_checked_at = None;
+                            // Skip the re-read from the log's beginning; if the seek
+                            // fails, the records below `end` are skipped as they come.
+                            if let Err(e) = self.consumer.seek(
+                                &p.topic,
+                                partition,
+                                Offset::Offset(end),
+                                Duration::from_secs(5),
+                            ) {
+                                tracing::warn!(topic = &*p.topic, partition, error = %e, "seek after a truncated log failed");
+                            }
+                            continue;
+                        }
+                        Ok(BelowPosition::Replay) => p.replays_checked_at = Some(p.next),
+                        // Unknown: counted as a replay, asked again at the next one.
+                        Err(e) => self.consumer.context().error(e, "fetch_watermarks"),
+                    }
+                }
+                if offset < p.next {
+                    batch.replayed += 1;
+                    continue;
+                }
             }
             if offset > p.next && !p.fresh {
                 tracing::warn!(
@@ -423,4 +495,20 @@ pub fn read_all(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_below_the_position_is_a_replay_only_while_the_log_reaches_it() {
+        assert_eq!(below_position(100, 100), BelowPosition::Replay);
+        assert_eq!(below_position(100, 250), BelowPosition::Replay);
+        assert_eq!(
+            below_position(100, 99),
+            BelowPosition::Truncated { end: 99 }
+        );
+        assert_eq!(below_position(100, 0), BelowPosition::Truncated { end: 0 });
+    }
 }

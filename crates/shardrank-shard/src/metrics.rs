@@ -46,6 +46,7 @@ pub struct ShardMetrics {
     pub late_events: Gauge,
     pub consumer_lag: Family<Topic, Gauge>,
     pub events_replayed: Counter,
+    pub log_truncations: Counter,
     pub events_misrouted: Gauge,
     pub last_snapshot_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub ingest_delay: Histogram,
@@ -71,6 +72,7 @@ impl ShardMetrics {
             late_events: Gauge::default(),
             consumer_lag: Family::default(),
             events_replayed: Counter::default(),
+            log_truncations: Counter::default(),
             events_misrouted: Gauge::default(),
             last_snapshot_seconds: Gauge::default(),
             // 0.25 ms .. 8 s.
@@ -154,6 +156,11 @@ impl ShardMetrics {
             "events_replayed",
             "Kafka records at offsets already applied, skipped (a replay never counts twice)",
             m.events_replayed.clone(),
+        );
+        r.register(
+            "log_truncations",
+            "Kafka partitions found cut below the position already applied (a broker that lost records): each logged as an error, reading resumed at the log's end",
+            m.log_truncations.clone(),
         );
         r.register(
             "events_misrouted",

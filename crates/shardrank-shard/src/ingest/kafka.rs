@@ -131,6 +131,7 @@ fn apply(store: &mut PostStore, records: Vec<Record>, post_topic: &str) -> Vec<E
 fn note_batch(m: &ShardMetrics, b: &shardrank_kafka::Batch) {
     m.events_malformed.inc_by(b.malformed);
     m.events_replayed.inc_by(b.replayed);
+    m.log_truncations.inc_by(b.truncated);
 }
 
 fn publish_lag(m: &ShardMetrics, c: &EventConsumer) {
