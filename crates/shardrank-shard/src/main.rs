@@ -108,6 +108,10 @@ async fn main() -> ExitCode {
         serving::health(shardrank_proto::SHARD_SERVICE, Some(admin)).await;
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
     tracing::info!(listen = %cfg.listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), "shard starting: loading partition");
+    // (On aarch64 fused multiply-adds are always in hardware.)
+    if cfg!(target_arch = "x86_64") && !shardrank_core::model::heavy::hardware_fma() {
+        tracing::warn!("this CPU has no AVX2+FMA: the heavy ranker runs its portable path, whose fused multiply-adds are software (same scores, many times slower)");
+    }
 
     // Load in the background: the port answers health checks (NOT_SERVING) meanwhile.
     let kafka = cfg.kafka();
