@@ -197,6 +197,28 @@ pub fn plain(log: &str) -> String {
         .collect()
 }
 
+/// Writes corpus `tiny` (seed 42) to `out` with `shardrank gen --format FORMAT` (`json`
+/// or `binary`); returns what it printed.
+pub fn gen_tiny(out: &Path, format: &str) -> String {
+    let (code, _, err) = run(
+        "shardrank",
+        &[
+            "gen",
+            "--corpus",
+            "tiny",
+            "--corpus-seed",
+            "42",
+            "--format",
+            format,
+            "--out",
+            out.to_str().expect("UTF-8 path"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "shardrank gen: {err}");
+    err
+}
+
 /// Runs a binary to completion; returns (exit code, stdout, stderr).
 pub fn run(binary: &str, args: &[&str], timeout: Duration) -> (Option<i32>, String, String) {
     let mut child = Command::new(bin(binary))

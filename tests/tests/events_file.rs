@@ -5,45 +5,19 @@
 use shardrank_core::rng::Rng;
 use shardrank_proto::v1::RankRequest;
 use shardrank_tests::corpus_facts::Facts;
-use shardrank_tests::{run, scratch_dir, Cluster};
+use shardrank_tests::{gen_tiny, scratch_dir, Cluster};
 use std::time::Duration;
 
 #[tokio::test]
 async fn events_file_and_generator_agree() {
     let dir = scratch_dir("gen");
     let file = dir.join("tiny.jsonl");
-    let (code, _, err) = run(
-        "shardrank",
-        &[
-            "gen",
-            "--corpus",
-            "tiny",
-            "--corpus-seed",
-            "42",
-            "--out",
-            file.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    gen_tiny(&file, "json");
     let facts = Facts::of("tiny", 42);
     let lines = std::fs::read_to_string(&file).unwrap().lines().count();
     assert!(lines > facts.tweets.len());
     let bin = dir.join("tiny.bin");
-    let (code, _, err) = run(
-        "shardrank",
-        &[
-            "gen",
-            "--corpus",
-            "tiny",
-            "--format",
-            "binary",
-            "--out",
-            bin.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    let err = gen_tiny(&bin, "binary");
     assert!(
         err.contains(&format!("wrote {} events", lines - 1)),
         "{err}"
@@ -88,12 +62,7 @@ async fn events_file_and_generator_agree() {
 async fn malformed_lines_are_skipped_counted_and_nothing_else_is_lost() {
     let dir = scratch_dir("gen-bad");
     let clean = dir.join("tiny.jsonl");
-    let (code, _, err) = run(
-        "shardrank",
-        &["gen", "--corpus", "tiny", "--out", clean.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    gen_tiny(&clean, "json");
     let text = std::fs::read_to_string(&clean).unwrap();
     let mut lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
     // 1-based line numbers of the bad lines in the corrupted file.

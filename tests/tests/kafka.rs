@@ -22,12 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn gen_tiny(dir: &Path) -> PathBuf {
     let file = dir.join("tiny.jsonl");
-    let (code, _, err) = run(
-        "shardrank",
-        &["gen", "--corpus", "tiny", "--out", file.to_str().unwrap()],
-        TIMEOUT,
-    );
-    assert_eq!(code, Some(0), "{err}");
+    shardrank_tests::gen_tiny(&file, "json");
     file
 }
 

@@ -237,6 +237,24 @@ fn a_model_file_of_the_wrong_shape_names_the_tensor() {
     assert!(err.contains("light.safetensors"), "{err}");
 }
 
+/// Runs a shard on a free port with `flags` until it exits, which it must,
+/// unsuccessfully, because of `what`; its log.
+fn shard_fails(dir: &std::path::Path, flags: &[&str], what: &str) -> String {
+    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{}", free_port())];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let mut p = Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < T, "shard kept running with {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "shard exited successfully with {what}");
+    std::fs::read_to_string(&p.log).unwrap()
+}
+
 #[test]
 fn with_strict_a_malformed_events_line_stops_the_shard_naming_the_line() {
     let dir = scratch_dir("events");
@@ -248,31 +266,8 @@ fn with_strict_a_malformed_events_line_stops_the_shard_naming_the_line() {
         format!("{good}\n{good}\n{{\"type\":\"like\",\"user_id\":1}}\n"),
     )
     .unwrap();
-    let port = free_port();
-    let args: Vec<String> = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--events",
-        file.to_str().unwrap(),
-        "--strict",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut p = Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < T,
-            "shard kept running with a malformed events file"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success());
-    let log = std::fs::read_to_string(&p.log).unwrap();
+    let flags = ["--events", file.to_str().unwrap(), "--strict"];
+    let log = shard_fails(&dir, &flags, "a malformed events file");
     assert!(
         log.contains("line 3") && log.contains("tweet_id") && log.contains("events.jsonl"),
         "{log}"
@@ -283,47 +278,12 @@ fn with_strict_a_malformed_events_line_stops_the_shard_naming_the_line() {
 fn a_truncated_binary_events_file_stops_the_shard_naming_the_offset() {
     let dir = scratch_dir("events-bin");
     let file = dir.join("tiny.bin");
-    let (code, _, err) = run(
-        "shardrank",
-        &[
-            "gen",
-            "--corpus",
-            "tiny",
-            "--format",
-            "binary",
-            "--out",
-            file.to_str().unwrap(),
-        ],
-        T,
-    );
-    assert_eq!(code, Some(0), "{err}");
+    shardrank_tests::gen_tiny(&file, "binary");
     // Cut off the last record and the end record: a copy that stopped half way.
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 30]).unwrap();
-    let port = free_port();
-    let args: Vec<String> = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--events",
-        file.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut p = Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < T,
-            "shard kept running with a truncated events file"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success());
-    let log = std::fs::read_to_string(&p.log).unwrap();
+    let flags = ["--events", file.to_str().unwrap()];
+    let log = shard_fails(&dir, &flags, "a truncated events file");
     assert!(
         log.contains("truncated") && log.contains("byte ") && log.contains("tiny.bin"),
         "{log}"

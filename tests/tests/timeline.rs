@@ -62,12 +62,7 @@ fn world() -> World {
 
     let dir = scratch_dir("timeline");
     let file = dir.join("events.jsonl");
-    let (code, _, err) = run(
-        "shardrank",
-        &["gen", "--corpus", "tiny", "--out", file.to_str().unwrap()],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, Some(0), "{err}");
+    shardrank_tests::gen_tiny(&file, "json");
     let t = CORPUS_END_MS - 1;
     let mut extra = String::new();
     for (u, known_for) in [(U1, 3), (U2, 5)] {
