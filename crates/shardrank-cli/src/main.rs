@@ -99,7 +99,9 @@ pub fn write_corpus(spec: &CorpusSpec, format: Format, out: &Path) -> Result<u64
     let sink: Box<dyn Write> = if out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(std::fs::File::create(out).map_err(|e| format!("--out {}: {e}", out.display()))?)
+        Box::new(
+            std::fs::File::create(out).map_err(|e| format!("creating {}: {e}", out.display()))?,
+        )
     };
     let sink = BufWriter::with_capacity(1 << 20, sink);
     let failed = |e: std::io::Error| format!("writing {}: {e}", out.display());
@@ -133,7 +135,7 @@ pub fn write_corpus(spec: &CorpusSpec, format: Format, out: &Path) -> Result<u64
 fn gen(corpus: &str, seed: u64, out: &Path, format: Format) -> Result<String, String> {
     let spec = CorpusSpec::named(corpus, seed)
         .ok_or_else(|| format!("--corpus {corpus:?} is not a known corpus"))?;
-    let n = write_corpus(&spec, format, out)?;
+    let n = write_corpus(&spec, format, out).map_err(|e| format!("--out: {e}"))?;
     Ok(format!(
         "wrote {n} events of corpus {} (seed {seed}) to {}",
         spec.name,

@@ -206,12 +206,15 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
             let spec = shardrank_core::corpus::CorpusSpec::named(&a.corpus, a.corpus_seed)
                 .ok_or_else(|| format!("--corpus {:?} is not a known corpus", a.corpus))?;
             let file = log_dir.join(format!("corpus-{}-{}.events.bin", spec.name, spec.seed));
+            // Armed first: a file left half written by a failure goes too.
+            _corpus_file = Some(RemoveOnDrop(file.clone()));
             let path = file.clone();
             let n = tokio::task::spawn_blocking(move || {
                 crate::write_corpus(&spec, crate::Format::Binary, &path)
             })
             .await
-            .map_err(|e| format!("generating the corpus: {e}"))??;
+            .map_err(|e| format!("generating the corpus: {e}"))?
+            .map_err(|e| format!("generating the corpus into --log-dir: {e}"))?;
             say!(
                 "generated corpus {} (seed {}): {n} events in {:.2} s into {}",
                 a.corpus,
@@ -228,7 +231,6 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
                 "--corpus-seed".into(),
                 a.corpus_seed.to_string(),
             ];
-            _corpus_file = Some(RemoveOnDrop(file));
             data
         }
     };
