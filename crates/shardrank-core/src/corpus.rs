@@ -110,13 +110,14 @@ fn pick_lang(r: &mut Rng) -> Lang {
 
 /// Generates the corpus, calling `sink` with each event in stream order.
 pub fn generate(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
-    generate_social(spec, &mut sink);
-    generate_posts(spec, sink);
+    let user_lang = users(spec, &mut sink);
+    social(spec, &mut sink);
+    posts(spec, &user_lang, sink);
 }
 
 /// The first part of the stream: users, then follows, blocks and mutes. The two parts
 /// draw from independent random streams, so they can be generated at once on two
-/// threads and concatenated ([`generate`] is exactly that, on one).
+/// threads and concatenated: [`generate`]'s stream (tested in `events::binary`).
 pub fn generate_social(spec: &CorpusSpec, mut sink: impl FnMut(Event)) {
     users(spec, &mut sink);
     social(spec, sink);
