@@ -95,13 +95,10 @@ impl DataArgs {
             Some(path) => {
                 let file_error =
                     |e: &dyn std::fmt::Display| format!("--events {}: {e}", path.display());
-                std::fs::File::open(path).map_err(|e| file_error(&e))?;
-                if binary::is_binary(path).map_err(|e| file_error(&e))? {
-                    let mut f = std::fs::File::open(path).map_err(|e| file_error(&e))?;
-                    let (header, _) = binary::read_header(&mut f).map_err(|e| file_error(&e))?;
-                    let tweets = binary::end_counts(path)
-                        .map_err(|e| file_error(&e))?
-                        .map(|(_, t)| t);
+                if let Some((header, tweets)) = binary::probe(path).map_err(|e| match e {
+                    EventError::Io(e) => file_error(&e),
+                    e => file_error(&e),
+                })? {
                     return Ok(Source::Binary {
                         path: path.clone(),
                         header,

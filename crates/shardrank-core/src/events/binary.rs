@@ -17,7 +17,7 @@
 //! disagree) is refused as truncated: nothing is silently dropped.
 
 use super::*;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"SREVBIN1";
@@ -230,8 +230,8 @@ pub fn write_corpus<W: Write>(spec: &crate::corpus::CorpusSpec, out: W) -> std::
 }
 
 /// Whether `path` starts with the binary form's magic.
-pub fn is_binary(path: &Path) -> std::io::Result<bool> {
-    let mut f = std::fs::File::open(path)?;
+pub fn is_binary(f: &mut std::fs::File) -> std::io::Result<bool> {
+    f.seek(SeekFrom::Start(0))?;
     let mut magic = [0u8; 8];
     let mut got = 0;
     while got < magic.len() {
@@ -293,9 +293,7 @@ pub fn read_header<R: Read>(r: &mut R) -> Result<(Header, u64), EventError> {
 
 /// The counts in a file's end record (events, new posts), read from its last bytes:
 /// sizing the store before the load. None if the file does not end with one.
-pub fn end_counts(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
+pub fn end_counts(f: &mut std::fs::File) -> std::io::Result<Option<(u64, u64)>> {
     let len = f.metadata()?.len();
     if len < 17 + MAGIC.len() as u64 {
         return Ok(None);
@@ -308,6 +306,20 @@ pub fn end_counts(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
     }
     let n = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
     Ok(Some((n(&end[1..9]), n(&end[9..17]))))
+}
+
+/// What a start-up source needs of an events file, from one open: None for a file that
+/// is not in the binary form, else its header and the new posts its end record counts
+/// (None without one: reading it will say it is truncated).
+pub fn probe(path: &Path) -> Result<Option<(Header, Option<u64>)>, EventError> {
+    let mut f = std::fs::File::open(path)?;
+    if !is_binary(&mut f)? {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(0))?;
+    let (header, _) = read_header(&mut f)?;
+    let tweets = end_counts(&mut f)?.map(|(_, t)| t);
+    Ok(Some((header, tweets)))
 }
 
 /// Bytes read ahead from a stream, decoded where they lie (a record is not copied out
@@ -603,12 +615,24 @@ mod tests {
             .filter(|e| matches!(e, Event::NewTweet(_)))
             .count() as u64;
         assert_eq!(
-            end_counts(&bin).unwrap(),
+            end_counts(&mut std::fs::File::open(&bin).unwrap()).unwrap(),
             Some((events.len() as u64, tweets))
         );
-        assert_eq!(end_counts(&json).unwrap(), None);
-        assert!(is_binary(&bin).unwrap());
-        assert!(!is_binary(&json).unwrap());
+        let open = |p: &Path| std::fs::File::open(p).unwrap();
+        assert_eq!(end_counts(&mut open(&json)).unwrap(), None);
+        assert!(is_binary(&mut open(&bin)).unwrap());
+        assert!(!is_binary(&mut open(&json)).unwrap());
+        assert_eq!(
+            probe(&bin).unwrap(),
+            Some((
+                Header {
+                    corpus: "tiny".into(),
+                    seed: 42
+                },
+                Some(tweets)
+            ))
+        );
+        assert_eq!(probe(&json).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
