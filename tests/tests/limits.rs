@@ -195,3 +195,140 @@ async fn a_shard_at_its_in_flight_limit_sheds_at_once() {
         Some(shed as f64)
     );
 }
+
+/// A client that sends hand-made bytes, to reach the servers' decoders with damage a
+/// generated client cannot produce. Answers are only counted.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::{transport::Channel, Status};
+
+    pub struct Raw;
+    pub struct Enc;
+    pub struct Dec;
+    impl Encoder for Enc {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Dec {
+        type Item = usize;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<usize>, Status> {
+            let n = src.remaining();
+            src.advance(n);
+            Ok(Some(n))
+        }
+    }
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = usize;
+        type Encoder = Enc;
+        type Decoder = Dec;
+        fn encoder(&mut self) -> Enc {
+            Enc
+        }
+        fn decoder(&mut self) -> Dec {
+            Dec
+        }
+    }
+
+    /// Calls `path` with `body`; the answer's size or the status.
+    pub async fn call(ch: &Channel, path: &'static str, body: Vec<u8>) -> Result<usize, Status> {
+        let mut grpc = tonic::client::Grpc::new(ch.clone());
+        grpc.ready().await.unwrap();
+        grpc.unary(
+            tonic::Request::new(body),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            Raw,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_id_lists_are_refused_with_what_was_wrong() {
+    use prost_free_encoding::*;
+    let c = Cluster::start(2, &["--corpus", "tiny"]).await;
+    let facts = Facts::of("tiny", 42);
+    let coordinator = shardrank_tests::channel(&c.url).await;
+    let shard = shardrank_tests::channel(&c.shard_urls[0]).await;
+    const RANK: &str = "/shardrank.v1.Coordinator/Rank";
+    const SHARD_RANK: &str = "/shardrank.v1.Shard/Rank";
+
+    // A well-formed request by hand: the bytes this test damages below.
+    let user = facts.users[1];
+    let good = rank_request(user, &facts.tweets[..10]);
+    assert!(raw::call(&coordinator, RANK, good.clone()).await.unwrap() > 0);
+
+    // An eleven-byte varint among the ids; the packed length running past the end; the
+    // message cut inside the ids.
+    let mut long_varint = rank_request(user, &facts.tweets[..3]);
+    let at = long_varint.len() - 2;
+    long_varint.splice(at..at, [0xff; 11]);
+    fix_packed_len(&mut long_varint, user, 11);
+    let mut past_end = good.clone();
+    fix_packed_len(&mut past_end, user, 1);
+    let cut = good[..good.len() - 4].to_vec();
+    for (what, body, says) in [
+        ("long varint", long_varint, "candidate_ids"),
+        ("length past the end", past_end, "candidate_ids"),
+        ("cut", cut, "decode"),
+    ] {
+        let err = raw::call(&coordinator, RANK, body).await.unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{what}: {err:?}");
+        assert!(err.message().contains(says), "{what}: {err:?}");
+    }
+
+    // A shard: fixed64 ids whose payload is not a whole number of ids.
+    let mut odd = vec![0x22, 12];
+    odd.extend([7u8; 12]);
+    let err = raw::call(&shard, SHARD_RANK, odd).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("fixed64"), "{err:?}");
+
+    // Nothing broke: the same well-formed request is still answered.
+    assert!(raw::call(&coordinator, RANK, good).await.unwrap() > 0);
+}
+
+/// Protobuf by hand for the damaged-request test (field 1 user_id, field 2 packed ids,
+/// field 3 top_k), so that the damage lands at known places.
+mod prost_free_encoding {
+    pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// user_id, then top_k 10, then the packed ids (one length byte: a few ids), which
+    /// are last.
+    pub fn rank_request(user: u64, ids: &[u64]) -> Vec<u8> {
+        let mut out = vec![0x08];
+        varint(user, &mut out);
+        out.extend([0x18, 10]);
+        let mut packed = Vec::new();
+        for &id in ids {
+            varint(id, &mut packed);
+        }
+        assert!(packed.len() < 0x80, "one length byte");
+        out.extend([0x12, packed.len() as u8]);
+        out.extend(packed);
+        out
+    }
+
+    /// Adds `more` to the one-byte length of the packed ids of a `rank_request` of
+    /// `user` (after the tag and user_id, top_k and the ids' tag).
+    pub fn fix_packed_len(msg: &mut [u8], user: u64, more: u8) {
+        let mut head = Vec::new();
+        varint(user, &mut head);
+        let pos = 1 + head.len() + 2 + 1;
+        assert_eq!(msg[pos - 1], 0x12);
+        msg[pos] += more;
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! - [`v1`]: code generated from `proto/shardrank/v1/*.proto`: the public `Coordinator`
 //!   service and the internal `Shard` service.
+//! - [`codec`]: the services' gRPC codec (prost, decoding candidate id lists in bulk).
 //! - [`serving`]: health, reflection, logging and graceful shutdown, identical for every
 //!   binary so that probes and operators see one behaviour.
 //! - [`admission`]: load shedding (an in-flight limit answered RESOURCE_EXHAUSTED).
@@ -13,6 +14,7 @@ pub mod v1 {
 
 pub mod admin;
 pub mod admission;
+pub mod codec;
 pub mod otlp;
 pub mod serving;
 pub mod trace;

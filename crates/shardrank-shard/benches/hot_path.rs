@@ -5,6 +5,7 @@
 //! - store lookup: one id -> row on a 250,000-post partition (a random memory access);
 //! - light ranker: one candidate's light score from the stored parts;
 //! - heavy ranker: one candidate through the MLP, in batches of 1000;
+//! - request decoding: a 100k-id RankRequest, per id;
 //! - merge: the coordinator's exact merge of 4 shard answers of 300;
 //! - shard rank: a whole in-process Rank of 25,000 candidates (one shard's share of a
 //!   100k request), per candidate.
@@ -155,6 +156,37 @@ fn heavy_mlp_batch_1000(b: Bencher) {
     let mut out = vec![0.0; 1000];
     let mut scratch = Scratch::default();
     b.bench_local(|| m.heavy.score_batch(black_box(&xs), &mut out, &mut scratch));
+}
+
+/// Decoding a 100k-id `RankRequest` (what the coordinator does first with a request),
+/// per id: prost's generated decoder from a slice, and the services' codec
+/// (`shardrank_proto::codec`, a varint eight bytes at a time).
+mod decode_rank_request_100k {
+    use super::*;
+    use prost::Message;
+    use shardrank_proto::codec::SliceDecode;
+    use shardrank_proto::v1::RankRequest;
+
+    fn bytes() -> Vec<u8> {
+        let r = RankRequest {
+            user_id: 7,
+            candidate_ids: random_ids(100_000),
+            ..Default::default()
+        };
+        r.encode_to_vec()
+    }
+
+    #[divan::bench(items_count = 100_000usize, sample_count = 30)]
+    fn prost(b: Bencher) {
+        let bytes = bytes();
+        b.bench(|| RankRequest::decode(black_box(&bytes[..])).unwrap());
+    }
+
+    #[divan::bench(items_count = 100_000usize, sample_count = 30)]
+    fn codec(b: Bencher) {
+        let bytes = bytes();
+        b.bench(|| RankRequest::decode_slice(black_box(&bytes[..])).unwrap());
+    }
 }
 
 #[divan::bench(items_count = 1200usize)]
