@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         // prost's encoding, decoding from one slice (see src/codec.rs).
-        .codec_path("crate::codec::SliceCodec")
+        .codec_path("crate::codec::WireCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -164,7 +164,7 @@ fn heavy_mlp_batch_1000(b: Bencher) {
 mod decode_rank_request_100k {
     use super::*;
     use prost::Message;
-    use shardrank_proto::codec::SliceDecode;
+    use shardrank_proto::codec::WireMessage;
     use shardrank_proto::v1::RankRequest;
 
     fn bytes() -> Vec<u8> {
