@@ -324,8 +324,7 @@ async fn main() -> ExitCode {
     health.set(true).await;
     tracing::info!(listen = %cfg.listen, admin = ?admin_bound, "coordinator serving");
     let shutdown = serving::Shutdown::on_signal(health.clone());
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let server = serving::server_builder()
         .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -250,8 +250,7 @@ async fn main() -> ExitCode {
     let service = ShardServer::new(ShardService { state })
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let server = serving::server_builder()
         .layer(admission)
         .add_service(health_service)
         .add_service(reflection_v1)
