@@ -212,9 +212,15 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn compress2(m: &[[V; 16]; 2]) -> [[V; 4]; 2] {
-        // SAFETY (both blocks): V is [u32; 8], 32 bytes; unaligned loads and stores.
+        // SAFETY (both blocks): V is [u32; 8], 32 bytes; unaligned loads.
         let load = |v: &V| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
-        let m: [Y; 16] = std::array::from_fn(|w| [load(&m[0][w]), load(&m[1][w])]);
+        compress2_regs(std::array::from_fn(|w| [load(&m[0][w]), load(&m[1][w])]))
+    }
+
+    /// Two blocks of eight lanes, message words in registers.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn compress2_regs(m: [Y; 16]) -> [[V; 4]; 2] {
         let init = |i: usize| [_mm256_set1_epi32(super::INIT[i] as i32); 2];
         let (a, b, c, d) = md5_steps!(m, (init(0), init(1), init(2), init(3)));
         let mut out = [[[0u32; LANES]; 4]; 2];
@@ -226,6 +232,112 @@ mod avx2 {
         }
         out
     }
+}
+
+/// Message blocks built in registers, all lanes at once, for ids of one decimal length:
+/// the usual case (snowflake ids have 19 digits until the 2080s), where building each
+/// lane's digits on its own was more than half of routing's time. Mixed lengths take
+/// the per-lane path ([`super::blocks`]).
+#[cfg(target_arch = "x86_64")]
+mod uniform {
+    use super::LANES;
+    use core::arch::x86_64::*;
+
+    /// `x / 10^4` per u32 lane: `x * ceil(2^45 / 10^4) >> 45`, exact for every u32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn div_1e4(x: __m256i) -> __m256i {
+        let magic = _mm256_set1_epi32(0xD1B7_1759u32 as i32);
+        // Even lanes, then odd lanes, through the 32x32 -> 64-bit multiply.
+        let even = _mm256_srli_epi64(_mm256_mul_epu32(x, magic), 45);
+        let odd = _mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(x, 32), magic), 45);
+        _mm256_or_si256(even, _mm256_slli_epi64(odd, 32))
+    }
+
+    /// The four ASCII digits of `y < 10^4` per u32 lane, first digit in the lowest
+    /// byte (the SWAR of `eight_digits`, in 32-bit lanes).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn four_digits(y: __m256i) -> __m256i {
+        let k = |c: u32| _mm256_set1_epi32(c as i32);
+        // Hundreds: y * 5243 >> 19 is y / 100 below 43,699.
+        let a = _mm256_srli_epi32(_mm256_mullo_epi32(y, k(5243)), 19);
+        let b = _mm256_sub_epi32(y, _mm256_mullo_epi32(a, k(100)));
+        let v = _mm256_or_si256(a, _mm256_slli_epi32(b, 16));
+        // Tens of both halves: v * 103 >> 10 is v / 10 below 179, per 16-bit half.
+        let q = _mm256_and_si256(
+            _mm256_srli_epi32(_mm256_mullo_epi32(v, k(103)), 10),
+            k(0x000f_000f),
+        );
+        let units = _mm256_sub_epi32(v, _mm256_mullo_epi32(q, k(10)));
+        let v = _mm256_or_si256(q, _mm256_slli_epi32(units, 8));
+        _mm256_add_epi32(v, k(0x3030_3030))
+    }
+
+    /// The sixteen message words of the MD5 blocks of eight ids that all have `len`
+    /// decimal digits.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn block(ids: &[u64; LANES], len: usize) -> [__m256i; 16] {
+        const E8: u64 = 100_000_000;
+        // The three base-10^8 limbs of each id, on the scalar side (64-bit quotients).
+        let mut limbs = [[0u32; LANES]; 3];
+        for (l, &id) in ids.iter().enumerate() {
+            let q = id / E8;
+            limbs[0][l] = (q / E8) as u32;
+            limbs[1][l] = (q % E8) as u32;
+            limbs[2][l] = (id % E8) as u32;
+        }
+        // SAFETY: each limb array is [u32; 8], 32 bytes; unaligned loads.
+        let [hi, mid, lo] =
+            limbs.map(|v| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) });
+        let (mid_hi, lo_hi) = (div_1e4(mid), div_1e4(lo));
+        let tenk = _mm256_set1_epi32(10_000);
+        let mid_lo = _mm256_sub_epi32(mid, _mm256_mullo_epi32(mid_hi, tenk));
+        let lo_lo = _mm256_sub_epi32(lo, _mm256_mullo_epi32(lo_hi, tenk));
+        // The twenty-digit zero-padded string, four digits per word (hi < 1845).
+        let zero = _mm256_setzero_si256();
+        let w = [
+            four_digits(hi),
+            four_digits(mid_hi),
+            four_digits(mid_lo),
+            four_digits(lo_hi),
+            four_digits(lo_lo),
+            zero,
+            zero,
+        ];
+        // Drop the 20 - len leading zeros: whole words, then a funnel shift of bytes
+        // (a shift by 32 gives 0, which is what r = 0 needs).
+        let z = 20 - len;
+        let (k, r) = (z / 4, 8 * (z % 4) as i64);
+        let (right, left) = (_mm_set_epi64x(0, r), _mm_set_epi64x(0, 32 - r));
+        let mut m = [zero; 16];
+        for (j, word) in m.iter_mut().take(6).enumerate() {
+            let (a, b) = (w.get(j + k).copied(), w.get(j + k + 1).copied());
+            let (a, b) = (a.unwrap_or(zero), b.unwrap_or(zero));
+            *word = _mm256_or_si256(_mm256_srl_epi32(a, right), _mm256_sll_epi32(b, left));
+        }
+        // The pad byte after the digits, and the bit length.
+        let pad = _mm256_set1_epi32((0x80u32 << (8 * (len % 4))) as i32);
+        m[len / 4] = _mm256_or_si256(m[len / 4], pad);
+        m[14] = _mm256_set1_epi32(8 * len as i32);
+        m
+    }
+}
+
+/// The decimal length shared by all of `ids`, if they share one.
+#[inline]
+fn common_len(ids: &[u64]) -> Option<usize> {
+    let len = ids[0].checked_ilog10().unwrap_or(0) as usize + 1;
+    let lower = if len == 1 {
+        0
+    } else {
+        10u64.pow(len as u32 - 1)
+    };
+    let upper = 10u64.checked_pow(len as u32).unwrap_or(u64::MAX);
+    ids.iter()
+        .all(|&id| id >= lower && (id < upper || len == 20))
+        .then_some(len)
 }
 
 /// The eight ASCII digits of `x < 10^8` (leading zeros), first digit in the lowest
@@ -389,11 +501,14 @@ unsafe fn shards_avx2(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
     let mut outs = out.chunks_exact_mut(2 * LANES);
     for (c, o) in (&mut chunks).zip(&mut outs) {
         let (c0, c1) = c.split_at(LANES);
-        let m = [
-            blocks(c0.try_into().expect("eight")),
-            blocks(c1.try_into().expect("eight")),
-        ];
-        let [s0, s1] = avx2::compress2(&m);
+        let (c0, c1) = (c0.try_into().expect("eight"), c1.try_into().expect("eight"));
+        let [s0, s1] = match common_len(c) {
+            Some(len) => {
+                let (m0, m1) = (uniform::block(c0, len), uniform::block(c1, len));
+                avx2::compress2_regs(std::array::from_fn(|w| [m0[w], m1[w]]))
+            }
+            None => avx2::compress2(&[blocks(c0), blocks(c1)]),
+        };
         for (o, d) in o.iter_mut().zip(to_u128(s0).into_iter().chain(to_u128(s1))) {
             *o = modulus.rem128(d);
         }
@@ -464,6 +579,36 @@ mod tests {
             let mut out2 = vec![0u32; ids.len()];
             shards_impl(&ids, Modulus::new(n), &mut out2);
             assert_eq!(out, out2);
+        }
+    }
+
+    /// Chunks of sixteen ids of one length take the all-lanes block builder: every
+    /// length, its edges, and chunks where one id differs (the per-lane path).
+    #[test]
+    fn ids_of_one_length_agree_with_the_md5_crate() {
+        let mut r = Rng::new(7);
+        for len in 1..=20u32 {
+            let lower = if len == 1 { 0 } else { 10u64.pow(len - 1) };
+            let upper = 10u64.checked_pow(len).map_or(u64::MAX, |u| u - 1);
+            let mut ids = vec![lower, upper, lower + 1, upper - 1];
+            ids.extend((0..60).map(|_| lower + r.below(upper - lower)));
+            let mut mixed = ids.clone();
+            mixed[20] = if len == 20 { 7 } else { upper + 1 };
+            for ids in [ids, mixed] {
+                for n in [3u32, 4] {
+                    let mut out = vec![0u32; ids.len()];
+                    shards(&ids, n, &mut out);
+                    for (id, s) in ids.iter().zip(&out) {
+                        let want = (digest_u128(*id) % n as u128) as u32;
+                        assert_eq!(*s, want, "id {id} len {len} n {n}");
+                    }
+                }
+                assert_eq!(
+                    common_len(&ids[..16]),
+                    Some(len as usize),
+                    "first chunk is uniform"
+                );
+            }
         }
     }
 
