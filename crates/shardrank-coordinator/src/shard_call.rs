@@ -65,7 +65,10 @@ where
 }
 
 /// Sends a shard's part, with the time left before `deadline`. `send(i, timeout)` calls
-/// replica `i`.
+/// replica `i`. Each attempt's future is boxed: a tonic call is several kilobytes of
+/// state, and three of them inline (primary, hedge, retry) made every shard call's task
+/// 26 KB, copied as it was built and spawned (measured: 1.4% of the CPU at rank-1k in
+/// `memcpy` under `tokio::spawn`; 1.2 KB boxed).
 pub async fn call<T, F, Fut>(
     set: &Arc<ReplicaSet>,
     deadline: Instant,
@@ -108,7 +111,7 @@ where
     } else {
         None
     };
-    let primary = attempt(set, first, send(first, left()));
+    let primary = attempt(set, first, Box::pin(send(first, left())));
     tokio::pin!(primary);
     let (i, res) = match hedge_after {
         None => primary.await,
@@ -122,7 +125,7 @@ where
                             out.hedged = true;
                             out.attempts = 2;
                             set.count_hedge(false);
-                            let backup = attempt(set, second, send(second, left()));
+                            let backup = attempt(set, second, Box::pin(send(second, left())));
                             tokio::pin!(backup);
                             // The first answer wins; an error waits for the other call.
                             let (winner, hedge_first) = tokio::select! {
@@ -158,7 +161,7 @@ where
                     set.count_retry();
                     out.retried = true;
                     out.attempts = 2;
-                    let (i, res) = attempt(set, other, send(other, left())).await;
+                    let (i, res) = attempt(set, other, Box::pin(send(other, left()))).await;
                     out.replica = i;
                     out.result = res;
                 }
