@@ -8,7 +8,7 @@
 //! after that its local top H is fully known, which is always enough. Then [`select`]
 //! takes the global top H by light score and returns its top k by heavy score.
 
-use shardrank_core::topk::{keep_top, rank_cmp, Ranked};
+use shardrank_core::topk::{keep_best, keep_top, rank_cmp, Ranked};
 use std::cmp::Ordering;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,7 +109,8 @@ pub fn select(parts: &[ShardPart], h: usize, k: usize) -> Vec<Candidate> {
         .iter()
         .flat_map(|p| p.items.iter().map(|c| ByLight(*c)))
         .collect();
-    keep_top(&mut by_light, h);
+    // Only the set of the best h by light counts: the heavy order comes next.
+    keep_best(&mut by_light, h);
     let mut by_heavy: Vec<ByHeavy> = by_light.into_iter().map(|c| ByHeavy(c.0)).collect();
     keep_top(&mut by_heavy, k);
     by_heavy.into_iter().map(|c| c.0).collect()

@@ -25,6 +25,13 @@ pub fn cmp<T: Ranked>(a: &T, b: &T) -> Ordering {
 /// Keeps the best `m` of `v`, sorted in rank order. O(n + m log m): a selection, then a
 /// sort of the kept part only, never a sort of everything.
 pub fn keep_top<T: Ranked>(v: &mut Vec<T>, m: usize) {
+    keep_best(v, m);
+    v.sort_unstable_by(cmp);
+}
+
+/// Keeps the best `m` of `v` in no particular order (a set, for a stage that orders it
+/// by something else next). O(n).
+pub fn keep_best<T: Ranked>(v: &mut Vec<T>, m: usize) {
     if m == 0 {
         v.clear();
         return;
@@ -33,7 +40,6 @@ pub fn keep_top<T: Ranked>(v: &mut Vec<T>, m: usize) {
         v.select_nth_unstable_by(m - 1, cmp);
         v.truncate(m);
     }
-    v.sort_unstable_by(cmp);
 }
 
 /// Merges lists that are each sorted in rank order into their best `m`, sorted.
@@ -84,6 +90,11 @@ mod tests {
                 let mut top = v.clone();
                 keep_top(&mut top, m);
                 assert_eq!(top, full, "n={n} m={m}");
+                // The same set, in whatever order.
+                let mut best = v.clone();
+                keep_best(&mut best, m);
+                best.sort_by(cmp);
+                assert_eq!(best, full, "keep_best n={n} m={m}");
             }
         }
     }
