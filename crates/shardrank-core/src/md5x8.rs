@@ -329,6 +329,7 @@ mod uniform {
 
 /// The decimal length shared by all of `ids`, if they share one.
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn common_len(ids: &[u64]) -> Option<usize> {
     let len = ids[0].checked_ilog10().unwrap_or(0) as usize + 1;
     let lower = if len == 1 {

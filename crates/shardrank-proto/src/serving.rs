@@ -26,9 +26,10 @@ pub async fn health(
 
 /// The HTTP/2 server both binaries build on. A 100k-id request is about 900 KB and a
 /// shard's share 200 KB, and one connection carries every concurrent call to a shard:
-/// with hyper's 1 MB connection window, eight calls in flight stalled on
-/// WINDOW_UPDATEs; 16 KB frames made a request some sixty frames to parse. Windows
-/// large enough for a few dozen large calls, and frames of up to 1 MB, instead.
+/// hyper's 1 MB connection window holds five such calls, so eight in flight wait on
+/// WINDOW_UPDATEs, and 16 KB frames make a request some sixty frames to parse. Windows
+/// large enough for a few dozen large calls, and frames of up to 1 MB, instead (the
+/// message size limits and the in-flight limit still bound what a peer can send).
 pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -37,8 +38,11 @@ pub fn server_builder() -> tonic::transport::Server {
         .max_frame_size(MAX_FRAME)
 }
 
+/// Bytes a peer may send on one connection before the server reads them.
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// The same for one call.
 pub const STREAM_WINDOW: u32 = 8 << 20;
+/// Largest HTTP/2 frame the servers accept.
 pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Sets the status of "" and of the server's own service together.
