@@ -127,21 +127,17 @@ impl<U: WireMessage> Decoder for WireDecoder<U> {
 
 impl WireMessage for v1::RankRequest {
     fn decode_slice(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut msg = Self::default();
-        merge_with_ids(&mut msg, bytes, 2, |packed, msg| {
+        decode_with_ids(bytes, 2, |packed, msg: &mut Self| {
             decode_packed_varints(packed, &mut msg.candidate_ids)
-        })?;
-        Ok(msg)
+        })
     }
 }
 
 impl WireMessage for v1::ShardRankRequest {
     fn decode_slice(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut msg = Self::default();
-        merge_with_ids(&mut msg, bytes, 4, |packed, msg| {
+        decode_with_ids(bytes, 4, |packed, msg: &mut Self| {
             decode_packed_fixed64(packed, &mut msg.candidate_ids)
-        })?;
-        Ok(msg)
+        })
     }
 
     fn encode_into(mut self, buf: &mut impl BufMut) {
@@ -160,14 +156,14 @@ impl WireMessage for v1::ShardInfoResponse {}
 impl WireMessage for v1::RetrieveRequest {}
 impl WireMessage for v1::RetrieveResponse {}
 
-/// Merges the fields of `bytes` into `msg`: the packed form of field `ids_tag` through
-/// `packed`, every other field (and an unpacked `ids_tag`) through prost.
-fn merge_with_ids<M: Message>(
-    msg: &mut M,
+/// Decodes `bytes` as an `M`: the packed form of field `ids_tag` through `packed`,
+/// every other field (and an unpacked `ids_tag`) through prost.
+fn decode_with_ids<M: Message + Default>(
     mut buf: &[u8],
     ids_tag: u32,
     packed: impl Fn(&[u8], &mut M) -> Result<(), WireError>,
-) -> Result<(), WireError> {
+) -> Result<M, WireError> {
+    let mut msg = M::default();
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf)?;
         if tag == ids_tag && wire_type == WireType::LengthDelimited {
@@ -176,13 +172,13 @@ fn merge_with_ids<M: Message>(
                 return Err(WireError::Ids("length beyond the message"));
             }
             let (payload, rest) = buf.split_at(len as usize);
-            packed(payload, msg)?;
+            packed(payload, &mut msg)?;
             buf = rest;
         } else {
             msg.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
         }
     }
-    Ok(())
+    Ok(msg)
 }
 
 /// Appends the varints of a packed field's payload to `out`, with prost's rules (at
