@@ -42,6 +42,60 @@ pub fn keep_best<T: Ranked>(v: &mut Vec<T>, m: usize) {
     }
 }
 
+/// The best `m` of a stream, without keeping the stream: items are gathered until
+/// there are twice `m`, the best `m` are selected, and from then on an item scoring
+/// below the worst of those is turned away with one compare. On a shard's chunk of
+/// 4,096 candidates keeping 300, this replaced a selection over all 4,096 (most of
+/// the 3-4% of a shard's CPU that went to partitioning at `rank-100k`).
+pub struct Best<T> {
+    items: Vec<T>,
+    m: usize,
+    /// The worst kept score once a selection has run: anything below cannot be in the
+    /// best `m` (equal scores are let in; the id decides later).
+    floor: Option<f32>,
+}
+
+impl<T: Ranked> Best<T> {
+    pub fn new(m: usize) -> Self {
+        Best {
+            items: Vec::with_capacity(2 * m),
+            m,
+            floor: None,
+        }
+    }
+
+    /// Whether an item with `score` could be among the best `m` (so far).
+    #[inline]
+    pub fn admits(&self, score: f32) -> bool {
+        self.m > 0 && self.floor.is_none_or(|f| score.total_cmp(&f).is_ge())
+    }
+
+    #[inline]
+    pub fn push(&mut self, item: T) {
+        if !self.admits(item.score()) {
+            return;
+        }
+        self.items.push(item);
+        if self.items.len() >= 2 * self.m {
+            keep_best(&mut self.items, self.m);
+            self.floor = self.items.iter().map(|i| i.score()).min_by(f32::total_cmp);
+        }
+    }
+
+    /// The best `m` pushed, in no particular order.
+    pub fn into_set(mut self) -> Vec<T> {
+        keep_best(&mut self.items, self.m);
+        self.items
+    }
+
+    /// The best `m` pushed, in rank order.
+    pub fn into_sorted(self) -> Vec<T> {
+        let mut v = self.into_set();
+        v.sort_unstable_by(cmp);
+        v
+    }
+}
+
 /// Merges lists that are each sorted in rank order into their best `m`, sorted.
 pub fn merge_top<T: Ranked + Clone>(lists: &[Vec<T>], m: usize) -> Vec<T> {
     let mut all: Vec<T> = Vec::with_capacity(lists.iter().map(Vec::len).sum());
@@ -95,6 +149,39 @@ mod tests {
                 keep_best(&mut best, m);
                 best.sort_by(cmp);
                 assert_eq!(best, full, "keep_best n={n} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn best_of_a_stream_equals_keep_top() {
+        let mut r = Rng::new(8);
+        for n in [0usize, 1, 5, 599, 600, 601, 5000] {
+            for m in [0usize, 1, 3, 300, 6000] {
+                // Coarse scores so that ties straddle the floor; some NaNs and
+                // infinities, which the rank order places too.
+                let v: Vec<S> = (0..n)
+                    .map(|i| {
+                        let s = match r.below(50) {
+                            0 => f32::NAN,
+                            1 => -f32::NAN,
+                            2 => f32::INFINITY,
+                            3 => f32::NEG_INFINITY,
+                            x => (x % 17) as f32,
+                        };
+                        S(s, (i as u64 * 7919) % 10007)
+                    })
+                    .collect();
+                let mut want = v.clone();
+                keep_top(&mut want, m);
+                let mut best = Best::new(m);
+                for s in v.iter().cloned() {
+                    best.push(s);
+                }
+                let got = best.into_sorted();
+                // NaN != NaN: compare the bits.
+                let bits = |v: &[S]| v.iter().map(|s| (s.0.to_bits(), s.1)).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "n={n} m={m}");
             }
         }
     }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use shardrank_core::features::{extract_batch, light_parts, UserView, NUM_FEATURES};
 use shardrank_core::model::heavy::Scratch;
 use shardrank_core::model::HeavyModel;
-use shardrank_core::topk::{keep_top, Ranked};
+use shardrank_core::topk::{keep_best, Best, Ranked};
 use std::time::Instant;
 
 /// Candidates per parallel chunk: large enough to amortise a task, small enough that a
@@ -133,6 +133,7 @@ pub struct RankOutput {
 const HEAVY_BATCH: usize = 128;
 
 struct ChunkResult {
+    /// The chunk's best `keep`, in no particular order.
     top: Vec<Scored>,
     eligible: usize,
     excluded_rows: Vec<u32>,
@@ -195,7 +196,8 @@ fn light_chunk(
     now_ms: i64,
     keep: usize,
 ) -> ChunkResult {
-    let mut top = Vec::with_capacity(ids.len());
+    let mut top = Best::new(keep);
+    let mut eligible = 0;
     let mut unknown_ids = Vec::new();
     let mut excluded_rows = Vec::new();
     let mut seen = Seen::new(store.len());
@@ -215,7 +217,7 @@ fn light_chunk(
         for &id in batch {
             match index.get(id) {
                 Some(row) => {
-                    prefetch(&store.hot[row as usize]);
+                    store.prefetch_hot(row);
                     rows[n] = row;
                     row_ids[n] = id;
                     n += 1;
@@ -265,16 +267,17 @@ fn light_chunk(
             k += 1;
         }
         parts.score(light, &mut scores);
-        top.extend((0..k).map(|i| Scored {
-            light: scores[i],
-            id: row_ids[i],
-            row: rows[i],
-        }));
+        eligible += k;
+        for i in 0..k {
+            top.push(Scored {
+                light: scores[i],
+                id: row_ids[i],
+                row: rows[i],
+            });
+        }
     }
-    let eligible = top.len();
-    keep_top(&mut top, keep);
     ChunkResult {
-        top,
+        top: top.into_set(),
         eligible,
         excluded_rows,
         unknown_ids,
@@ -282,10 +285,9 @@ fn light_chunk(
     }
 }
 
-/// The chunks' results as one: their top lists merged with repeats across chunks
-/// dropped (a repeated id has the same score in every chunk, so its copies are
-/// neighbours in rank order, and each chunk kept `keep` distinct rows, so the merged
-/// list still has the best `keep`), and distinct counts.
+/// The chunks' results as one: their best sets merged with repeats across chunks
+/// dropped (each chunk kept `keep` distinct rows, so the union less its repeats still
+/// holds the best `keep`), sorted, and distinct counts.
 fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> Vec<Scored> {
     let mut unknown: Vec<u64> = Vec::new();
     let mut excluded: Vec<u32> = Vec::new();
@@ -313,10 +315,11 @@ fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> 
         }
         let seen: usize = union.iter().map(|w| w.count_ones() as usize).sum();
         out.eligible = seen - excluded.len();
-        all.sort_unstable_by(shardrank_core::topk::cmp);
-        all.dedup_by_key(|c| c.id);
-        all.truncate(keep);
+        let mut kept = Seen(vec![0; union.len()]);
+        all.retain(|c| kept.insert(c.row));
+        keep_best(&mut all, keep);
     }
+    all.sort_unstable_by(shardrank_core::topk::cmp);
     out.unknown = unknown.len();
     out.excluded = excluded.len();
     all
@@ -497,7 +500,8 @@ mod tests {
         ids.insert(0, 7);
         assert!(ids.len() > 3 * CHUNK);
         let par = ranked(&s, &u, &ids, 0, 300);
-        let one = light_chunk(&s, &u, &ids, CORPUS_END_MS, 300);
+        let mut one = light_chunk(&s, &u, &ids, CORPUS_END_MS, 300);
+        one.top.sort_by(shardrank_core::topk::cmp);
         let excluded = s.hot.iter().filter(|h| h.author == s.author(0)).count();
         assert!(excluded > 0);
         assert_eq!(one.excluded_rows.len(), excluded);

@@ -254,6 +254,19 @@ impl PostStore {
         }
     }
 
+    /// Hints the CPU to fetch `row`'s hot row. A 24-byte row starting 48 or 56 bytes
+    /// into a cache line ends in the next one (a quarter of rows), and the light stage
+    /// reads its last fields, so both ends are asked for; a second hint for a line
+    /// already requested costs nothing. Measured equal to 32-byte aligned rows, which
+    /// would cost 8 bytes per post.
+    #[inline(always)]
+    pub fn prefetch_hot(&self, row: u32) {
+        use crate::index::prefetch;
+        let start = &self.hot[row as usize] as *const Hot as *const u8;
+        prefetch(start);
+        prefetch(start.wrapping_add(std::mem::size_of::<Hot>() - 1));
+    }
+
     /// Hints the CPU to fetch what [`Self::view`] of `row` reads: one entry in each of
     /// four columns and two of the author's, each a cache miss on its own (the hot row
     /// is usually still cached from the light stage; the windows are read only for the
