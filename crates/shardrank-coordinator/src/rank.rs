@@ -9,6 +9,7 @@ use crate::shard_call::{self, CallPolicy, Outcome};
 use crate::shard_client::ShardGroup;
 use crate::users::UserStore;
 use shardrank_core::routing;
+use shardrank_proto::codec::SharedShardRankRequest;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::{
     RankRequest, RankResponse, RequestStats, ScoredCandidate, ShardCallStats, ShardRankRequest,
@@ -144,7 +145,8 @@ struct Call {
     shard: u32,
     skip: usize,
     count: usize,
-    ids: Vec<u64>,
+    /// Shared by the call's attempts and rounds: never copied.
+    ids: Arc<Vec<u64>>,
 }
 
 impl Ranker {
@@ -166,16 +168,17 @@ impl Ranker {
         let mut set = JoinSet::new();
         for c in calls {
             let group = self.shards[c.shard as usize].clone();
-            let req = Arc::new(ShardRankRequest {
+            let head = ShardRankRequest {
                 shard_index: c.shard,
                 num_shards: self.num_shards(),
                 user: Some(user.clone()),
-                candidate_ids: c.ids,
+                candidate_ids: Vec::new(),
                 now_ms,
                 heavy_skip: c.skip as u32,
                 heavy_count: c.count as u32,
                 light_only: false,
-            });
+            };
+            let req = SharedShardRankRequest::new(head, c.ids);
             let metrics = self.metrics.clone();
             let policy = self.policy.clone();
             // A child of the request's span: lines about this call carry its trace id.
@@ -190,7 +193,7 @@ impl Ranker {
                     let t0 = Instant::now();
                     let send = |replica: usize, left: Duration| {
                         let handle = group.handles[replica].clone();
-                        let req = ShardRankRequest::clone(&req);
+                        let req = req.clone();
                         async move { handle.rank(req, shard_budget(left), trace.child()).await }
                     };
                     let out = shard_call::call(&group.set, deadline, &policy, send).await;
@@ -274,7 +277,8 @@ impl Ranker {
             .map_err(|e| CoordinatorError::Internal(format!("routing task failed: {e}")))?
         };
         stats.route_ms = route_started.elapsed().as_secs_f64() * 1e3;
-        let counts: Vec<usize> = by_shard.iter().map(Vec::len).collect();
+        let by_shard: Vec<Arc<Vec<u64>>> = by_shard.into_iter().map(Arc::new).collect();
+        let counts: Vec<usize> = by_shard.iter().map(|ids| ids.len()).collect();
         let depth = placement::first_round(&counts, h);
 
         // Round one: every shard that was sent candidates.

@@ -5,11 +5,10 @@
 //! its [`ReplicaSet`] (ejection and return).
 
 use crate::replica::ReplicaSet;
+use shardrank_proto::codec::{shard_rank, SharedShardRankRequest};
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_client::ShardClient;
-use shardrank_proto::v1::{
-    RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardRankRequest, ShardRankResponse,
-};
+use shardrank_proto::v1::{RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardRankResponse};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -27,6 +26,9 @@ pub struct ShardHandle {
     pub index: u32,
     pub url: String,
     client: ShardClient<Channel>,
+    /// The same channel, for `Rank` with a shared request (the generated client takes
+    /// only an owned one).
+    grpc: tonic::client::Grpc<Channel>,
 }
 
 impl ShardHandle {
@@ -37,13 +39,18 @@ impl ShardHandle {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let client = ShardClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        let client = ShardClient::new(channel.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        let grpc = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         Ok(ShardHandle {
             index,
             url: url.to_string(),
             client,
+            grpc,
         })
     }
 
@@ -88,19 +95,18 @@ impl ShardHandle {
         }
     }
 
-    /// One Rank call bounded by `timeout`.
+    /// One Rank call bounded by `timeout`. A shared request's ids are not copied, however
+    /// many attempts send them.
     pub async fn rank(
         &self,
-        req: ShardRankRequest,
+        req: impl Into<SharedShardRankRequest>,
         timeout: Duration,
         trace: TraceContext,
     ) -> Result<ShardRankResponse, tonic::Status> {
-        self.call(
-            req,
-            timeout,
-            trace,
-            |mut c, r| async move { c.rank(r).await },
-        )
+        let mut grpc = self.grpc.clone();
+        self.call(req.into(), timeout, trace, |_, r| async move {
+            shard_rank(&mut grpc, r).await
+        })
         .await
     }
 

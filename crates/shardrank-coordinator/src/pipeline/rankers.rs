@@ -6,6 +6,7 @@
 use super::fan_out::Shards;
 use super::{Query, Scorer, State};
 use shardrank_core::routing;
+use shardrank_proto::codec::SharedShardRankRequest;
 use shardrank_proto::v1::{ShardRankRequest, ShardRankResponse};
 use std::collections::HashMap;
 
@@ -19,7 +20,8 @@ async fn rank_on_shards(
 ) -> Result<HashMap<u64, (f32, f32, u32)>, String> {
     let n = shards.num_shards();
     let ids: Vec<u64> = s.candidates.iter().map(|c| c.id).collect();
-    let parts: Vec<(u32, ShardRankRequest)> = routing::partition(&ids, n)
+    // Shared requests: an attempt, hedge or retry does not copy the ids.
+    let parts: Vec<(u32, SharedShardRankRequest)> = routing::partition(&ids, n)
         .into_iter()
         .enumerate()
         .filter(|(_, ids)| !ids.is_empty())
@@ -36,7 +38,8 @@ async fn rank_on_shards(
                     heavy_skip: 0,
                     heavy_count: count,
                     light_only,
-                },
+                }
+                .into(),
             )
         })
         .collect();
