@@ -454,6 +454,12 @@ impl Modulus {
         r - self.n * (r >= self.n) as u64
     }
 
+    /// `n - 1` if `n` is a power of two: `x mod n` is then `x`'s low bits.
+    #[inline(always)]
+    fn low_mask(&self) -> Option<u32> {
+        self.n.is_power_of_two().then_some((self.n - 1) as u32)
+    }
+
     /// `x mod n` for a 128-bit `x = hi * 2^64 + lo`.
     #[inline(always)]
     pub fn rem128(&self, x: u128) -> u32 {
@@ -473,25 +479,43 @@ pub fn mod_u128(x: u128, n: u32) -> u32 {
     Modulus::new(n).rem128(x)
 }
 
+/// Each lane's `int(digest) mod n`, into `out` (up to eight).
+#[inline(always)]
+fn lanes_mod(state: [V; 4], modulus: Modulus, out: &mut [u32]) {
+    match modulus.low_mask() {
+        // A power of two (4 shards, 8, ...) below 2^32: only the digest's last four
+        // bytes count, read big-endian, which is the last state word byte-swapped (a
+        // swap and a mask per id rather than assembling a u128).
+        Some(mask) => {
+            for (o, d) in out.iter_mut().zip(state[3]) {
+                *o = d.swap_bytes() & mask;
+            }
+        }
+        None => {
+            for (o, d) in out.iter_mut().zip(to_u128(state)) {
+                *o = modulus.rem128(d);
+            }
+        }
+    }
+}
+
 /// Routes `ids` eight at a time.
 #[inline(always)]
 fn shards_impl(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
     let mut chunks = ids.chunks_exact(LANES);
     let mut outs = out.chunks_exact_mut(LANES);
     for (c, o) in (&mut chunks).zip(&mut outs) {
-        let d = to_u128(compress(&blocks(c.try_into().expect("exact chunk"))));
-        for l in 0..LANES {
-            o[l] = modulus.rem128(d[l]);
-        }
+        lanes_mod(
+            compress(&blocks(c.try_into().expect("exact chunk"))),
+            modulus,
+            o,
+        );
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut lane = [0u64; LANES];
         lane[..rest.len()].copy_from_slice(rest);
-        let d = to_u128(compress(&blocks(&lane)));
-        for (o, dl) in outs.into_remainder().iter_mut().zip(d) {
-            *o = modulus.rem128(dl);
-        }
+        lanes_mod(compress(&blocks(&lane)), modulus, outs.into_remainder());
     }
 }
 
@@ -512,9 +536,9 @@ unsafe fn shards_avx2(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
             }
             None => avx2::compress2(&[blocks(c0), blocks(c1)]),
         };
-        for (o, d) in o.iter_mut().zip(to_u128(s0).into_iter().chain(to_u128(s1))) {
-            *o = modulus.rem128(d);
-        }
+        let (o0, o1) = o.split_at_mut(LANES);
+        lanes_mod(s0, modulus, o0);
+        lanes_mod(s1, modulus, o1);
     }
     shards_impl(chunks.remainder(), modulus, outs.into_remainder())
 }
