@@ -2,7 +2,8 @@
 //!
 //! - [`v1`]: code generated from `proto/shardrank/v1/*.proto`: the public `Coordinator`
 //!   service and the internal `Shard` service.
-//! - [`codec`]: the services' gRPC codec (prost, decoding candidate id lists in bulk).
+//! - [`codec`]: the services' gRPC codec (prost, decoding candidate id lists in bulk),
+//!   and the shard request whose ids are shared between attempts rather than copied.
 //! - [`serving`]: health, reflection, logging and graceful shutdown, identical for every
 //!   binary so that probes and operators see one behaviour.
 //! - [`admission`]: load shedding (an in-flight limit answered RESOURCE_EXHAUSTED).
