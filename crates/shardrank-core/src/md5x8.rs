@@ -454,12 +454,6 @@ impl Modulus {
         r - self.n * (r >= self.n) as u64
     }
 
-    /// `n - 1` if `n` is a power of two: `x mod n` is then `x`'s low bits.
-    #[inline(always)]
-    fn low_mask(&self) -> Option<u32> {
-        self.n.is_power_of_two().then_some((self.n - 1) as u32)
-    }
-
     /// `x mod n` for a 128-bit `x = hi * 2^64 + lo`.
     #[inline(always)]
     pub fn rem128(&self, x: u128) -> u32 {
@@ -482,20 +476,8 @@ pub fn mod_u128(x: u128, n: u32) -> u32 {
 /// Each lane's `int(digest) mod n`, into `out` (up to eight).
 #[inline(always)]
 fn lanes_mod(state: [V; 4], modulus: Modulus, out: &mut [u32]) {
-    match modulus.low_mask() {
-        // A power of two (4 shards, 8, ...) below 2^32: only the digest's last four
-        // bytes count, read big-endian, which is the last state word byte-swapped (a
-        // swap and a mask per id rather than assembling a u128).
-        Some(mask) => {
-            for (o, d) in out.iter_mut().zip(state[3]) {
-                *o = d.swap_bytes() & mask;
-            }
-        }
-        None => {
-            for (o, d) in out.iter_mut().zip(to_u128(state)) {
-                *o = modulus.rem128(d);
-            }
-        }
+    for (o, d) in out.iter_mut().zip(to_u128(state)) {
+        *o = modulus.rem128(d);
     }
 }
 

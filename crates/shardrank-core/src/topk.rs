@@ -56,9 +56,11 @@ pub struct Best<T> {
 }
 
 impl<T: Ranked> Best<T> {
-    pub fn new(m: usize) -> Self {
+    /// The best `m` of at most `len` items (`len` only sizes the buffer: a chunk asked
+    /// for all its candidates must not reserve twice a whole request's worth).
+    pub fn new(m: usize, len: usize) -> Self {
         Best {
-            items: Vec::with_capacity(2 * m),
+            items: Vec::with_capacity(m.saturating_mul(2).min(len)),
             m,
             floor: None,
         }
@@ -76,7 +78,7 @@ impl<T: Ranked> Best<T> {
             return;
         }
         self.items.push(item);
-        if self.items.len() >= 2 * self.m {
+        if self.items.len() >= self.m.saturating_mul(2) {
             keep_best(&mut self.items, self.m);
             self.floor = self.items.iter().map(|i| i.score()).min_by(f32::total_cmp);
         }
@@ -174,7 +176,7 @@ mod tests {
                     .collect();
                 let mut want = v.clone();
                 keep_top(&mut want, m);
-                let mut best = Best::new(m);
+                let mut best = Best::new(m, n);
                 for s in v.iter().cloned() {
                     best.push(s);
                 }

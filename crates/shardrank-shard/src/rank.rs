@@ -196,7 +196,7 @@ fn light_chunk(
     now_ms: i64,
     keep: usize,
 ) -> ChunkResult {
-    let mut top = Best::new(keep);
+    let mut top = Best::new(keep, ids.len());
     let mut eligible = 0;
     let mut unknown_ids = Vec::new();
     let mut excluded_rows = Vec::new();
