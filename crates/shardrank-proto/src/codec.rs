@@ -143,9 +143,15 @@ impl WireMessage for v1::ShardRankRequest {
 
     fn encode_into(mut self, buf: &mut impl BufMut) {
         let ids = std::mem::take(&mut self.candidate_ids);
-        self.encode_raw(buf);
-        encode_packed_fixed64(SHARD_IDS_TAG, &ids, buf);
+        encode_shard_request(&self, &ids, buf);
     }
+}
+
+/// A shard request without its ids (`head`), then `ids` as one block, last (fields may
+/// come in any order).
+fn encode_shard_request(head: &v1::ShardRankRequest, ids: &[u64], buf: &mut impl BufMut) {
+    head.encode_raw(buf);
+    encode_packed_fixed64(SHARD_IDS_TAG, ids, buf);
 }
 
 impl WireMessage for v1::RankResponse {}
@@ -234,8 +240,7 @@ impl WireMessage for SharedShardRankRequest {
     }
 
     fn encode_into(self, buf: &mut impl BufMut) {
-        self.head.encode_raw(buf);
-        encode_packed_fixed64(SHARD_IDS_TAG, &self.ids, buf);
+        encode_shard_request(&self.head, &self.ids, buf);
     }
 }
 
@@ -243,7 +248,7 @@ impl WireMessage for SharedShardRankRequest {
 /// does, for [`SharedShardRankRequest`] (the generated client takes the owned type).
 pub async fn shard_rank<T>(
     grpc: &mut tonic::client::Grpc<T>,
-    request: tonic::Request<SharedShardRankRequest>,
+    mut request: tonic::Request<SharedShardRankRequest>,
 ) -> Result<tonic::Response<v1::ShardRankResponse>, Status>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
@@ -255,7 +260,6 @@ where
         .await
         .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/shardrank.v1.Shard/Rank");
-    let mut request = request;
     request
         .extensions_mut()
         .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", "Rank"));
