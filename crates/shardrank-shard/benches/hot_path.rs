@@ -8,7 +8,8 @@
 //! - request decoding: a 100k-id RankRequest, per id;
 //! - merge: the coordinator's exact merge of 4 shard answers of 300;
 //! - shard rank: a whole in-process Rank of 25,000 candidates (one shard's share of a
-//!   100k request), per candidate.
+//!   100k request), per candidate; and the same with lookups that miss the caches as
+//!   in the cluster (`shard_rank_25k_cold`).
 
 use divan::{black_box, Bencher};
 use shardrank_core::corpus::{generate, CorpusSpec, CORPUS_END_MS};
@@ -35,6 +36,22 @@ fn store() -> &'static PostStore {
         generate(&spec, |e| s.apply(&e));
         s.finish_load();
         s
+    })
+}
+
+/// All four shards of the standard corpus (about 56 MB of index and rows: more than
+/// this machine's 32 MB L3, as for the four shard processes of a 4x1 cluster).
+fn stores() -> &'static [PostStore] {
+    static S: OnceLock<Vec<PostStore>> = OnceLock::new();
+    S.get_or_init(|| {
+        let spec = CorpusSpec::named("standard", 42).unwrap();
+        let mut stores: Vec<PostStore> = (0..4)
+            .map(|i| PostStore::new(i, 4, Models::builtin().light))
+            .collect();
+        stores.iter_mut().for_each(PostStore::begin_load);
+        generate(&spec, |e| stores.iter_mut().for_each(|s| s.apply(&e)));
+        stores.iter_mut().for_each(PostStore::finish_load);
+        stores
     })
 }
 
@@ -222,6 +239,48 @@ fn bench_shard_rank(b: Bencher, n: usize, count: usize) {
 #[divan::bench(items_count = 25_000usize, sample_count = 30)]
 fn shard_rank_25k(b: Bencher) {
     bench_shard_rank(b, 25_000, 300);
+}
+
+/// A shard's Rank of 25,000 candidates (heavy-scoring 300) where the lookups miss the
+/// caches: each iteration takes the next of 32 random id lists per shard, over the four
+/// shards' stores in turn. `shard_rank_25k` reuses one list, whose rows stay cached.
+#[divan::bench(items_count = 25_000usize, sample_count = 128)]
+fn shard_rank_25k_cold(b: Bencher) {
+    let stores = stores();
+    let m = Models::builtin();
+    let mut r = Rng::new(6);
+    let lists: Vec<(usize, Vec<u64>)> = (0..32)
+        .flat_map(|_| 0..stores.len())
+        .map(|k| {
+            let all = &stores[k].ids;
+            let ids = (0..25_000)
+                .map(|_| all[r.below(all.len() as u64) as usize])
+                .collect();
+            (k, ids)
+        })
+        .collect();
+    let users: Vec<RequestUser> = stores
+        .iter()
+        .map(|s| RequestUser::new(s, UserView::default(), &[], &[]))
+        .collect();
+    let next = std::cell::Cell::new(0);
+    b.bench_local(|| {
+        let (k, ids) = &lists[next.get() % lists.len()];
+        next.set(next.get() + 1);
+        rank(
+            &stores[*k],
+            &m.heavy,
+            &users[*k],
+            &RankParams {
+                ids: black_box(ids),
+                now_ms: CORPUS_END_MS,
+                skip: 0,
+                count: 300,
+                deadline: None,
+                light_only: false,
+            },
+        )
+    });
 }
 
 /// The merge lives in the coordinator crate; a copy of its inputs here keeps the bench
