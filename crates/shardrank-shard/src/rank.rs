@@ -266,6 +266,10 @@ fn light_chunk(
             row_ids[k] = row_ids[i];
             k += 1;
         }
+        if k == 0 {
+            // Nothing eligible (unknown, repeated or excluded ids): nothing to score.
+            continue;
+        }
         parts.score(light, &mut scores);
         eligible += k;
         for i in 0..k {
@@ -301,8 +305,6 @@ fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> 
         all.extend(c.top);
         rows.push(c.seen);
     }
-    unknown.sort_unstable();
-    unknown.dedup();
     if !one {
         excluded.sort_unstable();
         excluded.dedup();
@@ -320,9 +322,41 @@ fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> 
         keep_best(&mut all, keep);
     }
     all.sort_unstable_by(shardrank_core::topk::cmp);
-    out.unknown = unknown.len();
+    out.unknown = distinct(&unknown);
     out.excluded = excluded.len();
     all
+}
+
+/// How many distinct values `ids` holds: an open-addressing set at most half full.
+/// A request of ids this shard does not hold has tens of thousands of them, and
+/// sorting them to drop repeats was 10% of such a request's CPU (2.5x this set's time).
+fn distinct(ids: &[u64]) -> usize {
+    const FREE: u64 = u64::MAX;
+    let mask = (2 * ids.len()).next_power_of_two().max(16) - 1;
+    let mut set = vec![FREE; mask + 1];
+    let mut n = 0;
+    // FREE marks a free slot, so the id equal to it is counted on the side.
+    let mut free_seen = false;
+    for &id in ids {
+        if id == FREE {
+            n += usize::from(!free_seen);
+            free_seen = true;
+            continue;
+        }
+        let mut i = shardrank_core::rng::mix64(id) as usize & mask;
+        loop {
+            match set[i] {
+                s if s == id => break,
+                FREE => {
+                    set[i] = id;
+                    n += 1;
+                    break;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+    n
 }
 
 /// Ranks `p.ids` for `user`; see the module docs.
@@ -465,6 +499,42 @@ mod tests {
         let tail = ranked(&s, &u, &ids, 100, 50);
         assert_eq!(head.items[..], all.items[..100]);
         assert_eq!(tail.items[..], all.items[100..150]);
+    }
+
+    #[test]
+    fn distinct_counts_as_sort_and_dedup_do() {
+        let mut r = shardrank_core::rng::Rng::new(8);
+        for len in [0usize, 1, 2, 15, 16, 17, 1000, 30_000] {
+            // Narrow ranges give many repeats; the set's FREE marker and 0 are ids too.
+            for range in [3u64, 1000, u64::MAX] {
+                let mut ids: Vec<u64> = (0..len).map(|_| r.next_u64() % range).collect();
+                if len > 2 {
+                    ids[0] = u64::MAX;
+                    ids[len / 2] = u64::MAX;
+                    ids[len - 1] = 0;
+                }
+                let mut sorted = ids.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(distinct(&ids), sorted.len(), "len {len}, range {range}");
+            }
+        }
+    }
+
+    /// A request of ids the shard does not hold, in several chunks with repeats across
+    /// them: every id counted once, nothing eligible, nothing returned.
+    #[test]
+    fn a_request_of_unknown_ids_counts_each_once() {
+        let s = store(0, 1);
+        let absent: Vec<u64> = (0..3 * CHUNK as u64)
+            .map(|i| 10u64.pow(18) + i % 5000)
+            .filter(|id| s.index().get(*id).is_none())
+            .collect();
+        assert!(absent.len() > 2 * CHUNK);
+        let out = ranked(&s, &cold(&s), &absent, 0, 100);
+        assert_eq!(out.unknown, 5000);
+        assert_eq!(out.eligible, 0);
+        assert!(out.items.is_empty());
     }
 
     #[test]
