@@ -1,5 +1,5 @@
 # shardrank: the two commands of the README, and the pieces they are made of.
-.PHONY: all build release demo test bench bench-scaling chaos ingest-bench microbench k8s-validate fmt lint clean
+.PHONY: all build release demo test bench bench-scaling bench-floor chaos ingest-bench microbench k8s-validate fmt lint clean
 
 CARGO ?= cargo
 
@@ -27,6 +27,11 @@ bench: release
 # Latency against candidates per request and against shards on one machine.
 bench-scaling: release
 	bench/scaling.sh
+
+# What a request costs with no ranking work (routing, RPCs, transfers, lookups) beside
+# the real request: qps and CPU per request by process (see BENCHMARKS.md).
+bench-floor: release
+	bench/floor.sh
 
 # Fault scenarios under load (kill a shard or a replica, stall a replica, 10x overload)
 # on the standard corpus, printed per phase; the same scenarios are asserted by
