@@ -10,6 +10,7 @@
 # Env: BIN (target/release), FLOOR_DURATION (8s), FLOOR_WORKLOADS
 #      (rank-1k,rank-10k,rank-100k), BASE_PORT (7500)
 set -euo pipefail
+shopt -s inherit_errexit # a failed run inside $(...) stops the script too
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 # shellcheck source=deploy/local/cluster.sh
@@ -21,7 +22,7 @@ workloads=${FLOOR_WORKLOADS:-rank-1k,rank-10k,rank-100k}
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 out="$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$commit-floor.md"
 logs=$(mktemp -d -t shardrank-floor.XXXXXX)
-trap 'stop_cluster; rm -f "$logs/unknown-ids.txt"' EXIT INT TERM
+trap 'stop_cluster; rm -f "$logs/unknown-ids.txt" "$out.tmp"' EXIT INT TERM
 
 # A million distinct ids from 10^18 up: snowflakes of that size date from 2018, years
 # before any post of the corpus, so no shard holds them.
@@ -68,12 +69,15 @@ run() {
   echo "| workload | qps | CPU ms per request (coordinator + shards) | floor qps | floor CPU ms | floor's share of the CPU |"
   echo "| --- | --- | --- | --- | --- | --- |"
   for w in ${workloads//,/ }; do
-    read -r q c s <<<"$(run "$w" --corpus standard)"
-    read -r fq fc fs <<<"$(run "$w" --ids-file "$logs/unknown-ids.txt")"
+    real=$(run "$w" --corpus standard)
+    floor=$(run "$w" --ids-file "$logs/unknown-ids.txt")
+    read -r q c s <<<"$real"
+    read -r fq fc fs <<<"$floor"
     awk -v w="$w" -v q="$q" -v c="$c" -v s="$s" -v fq="$fq" -v fc="$fc" -v fs="$fs" \
       'BEGIN {printf "| %s | %s | %.2f (%.2f + %.2f) | %s | %.2f (%.2f + %.2f) | %.0f%% |\n",
               w, q, c + s, c, s, fq, fc + fs, fc, fs, 100 * (fc + fs) / (c + s)}'
   done
-} | tee "$out"
+} | tee "$out.tmp" # (kept only when every run went through)
+mv "$out.tmp" "$out"
 echo
 echo "results: $out"
