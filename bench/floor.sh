@@ -8,7 +8,8 @@
 # prints qps and the CPU time per request of the coordinator and of the shards (from
 # /proc), so that a throughput target can be set against what the fan-out alone costs.
 # Env: BIN (target/release), FLOOR_DURATION (8s), FLOOR_WORKLOADS
-#      (rank-1k,rank-10k,rank-100k), BASE_PORT (7500)
+#      (rank-1k,rank-10k,rank-100k), FLOOR_SHARDS (4; against 1, what the calls
+#      themselves cost shows), BASE_PORT (7500)
 set -euo pipefail
 shopt -s inherit_errexit # a failed run inside $(...) stops the script too
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,8 +20,9 @@ root=$(dirname "$here")
 bin=${BIN:-$root/target/release}
 duration=${FLOOR_DURATION:-8s}
 workloads=${FLOOR_WORKLOADS:-rank-1k,rank-10k,rank-100k}
+shards=${FLOOR_SHARDS:-4}
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-out="$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$commit-floor.md"
+out="$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$commit-floor-${shards}x1.md"
 logs=$(mktemp -d -t shardrank-floor.XXXXXX)
 trap 'stop_cluster; rm -f "$logs/unknown-ids.txt" "$out.tmp"' EXIT INT TERM
 
@@ -30,7 +32,7 @@ python3 -c 'import sys
 sys.stdout.write("".join(f"{10**18 + 7919 * i}\n" for i in range(1_000_000)))' \
   > "$logs/unknown-ids.txt"
 
-start_cluster "$bin" 4 "${BASE_PORT:-7500}" standard "$logs"
+start_cluster "$bin" "$shards" "${BASE_PORT:-7500}" standard "$logs"
 tick=$(getconf CLK_TCK)
 # utime + stime, in clock ticks, of every process whose command line matches $1.
 cpu_ticks() {
@@ -64,7 +66,7 @@ run() {
 }
 
 {
-  echo "Fan-out floor, 4x1, standard corpus, commit $commit, $(date -u +%Y-%m-%d), closed loop at 8, $duration per run"
+  echo "Fan-out floor, ${shards}x1, standard corpus, commit $commit, $(date -u +%Y-%m-%d), closed loop at 8, $duration per run"
   echo
   echo "| workload | qps | CPU ms per request (coordinator + shards) | floor qps | floor CPU ms | floor's share of the CPU |"
   echo "| --- | --- | --- | --- | --- | --- |"
