@@ -34,10 +34,11 @@ sys.stdout.write("".join(f"{10**18 + 7919 * i}\n" for i in range(1_000_000)))' \
 
 start_cluster "$bin" "$shards" "${BASE_PORT:-7500}" standard "$logs"
 tick=$(getconf CLK_TCK)
-# utime + stime, in clock ticks, of every process whose command line matches $1.
+# utime + stime, in clock ticks, of this cluster's processes (children of `shardrank
+# up`) whose command line matches $1.
 cpu_ticks() {
   local t=0 p
-  for p in $(pgrep -f "$1"); do
+  for p in $(pgrep -P "$UP_PID" -f "$1"); do
     t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$t"
