@@ -68,7 +68,7 @@ impl<T: Ranked> Best<T> {
 
     /// Whether an item with `score` could be among the best `m` (so far).
     #[inline]
-    pub fn admits(&self, score: f32) -> bool {
+    fn admits(&self, score: f32) -> bool {
         self.m > 0 && self.floor.is_none_or(|f| score.total_cmp(&f).is_ge())
     }
 
@@ -88,13 +88,6 @@ impl<T: Ranked> Best<T> {
     pub fn into_set(mut self) -> Vec<T> {
         keep_best(&mut self.items, self.m);
         self.items
-    }
-
-    /// The best `m` pushed, in rank order.
-    pub fn into_sorted(self) -> Vec<T> {
-        let mut v = self.into_set();
-        v.sort_unstable_by(cmp);
-        v
     }
 }
 
@@ -180,7 +173,8 @@ mod tests {
                 for s in v.iter().cloned() {
                     best.push(s);
                 }
-                let got = best.into_sorted();
+                let mut got = best.into_set();
+                got.sort_unstable_by(cmp);
                 // NaN != NaN: compare the bits.
                 let bits = |v: &[S]| v.iter().map(|s| (s.0.to_bits(), s.1)).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "n={n} m={m}");
