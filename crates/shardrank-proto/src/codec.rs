@@ -204,8 +204,7 @@ impl From<v1::ShardRankRequest> for SharedShardRankRequest {
 
 impl Message for SharedShardRankRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        self.head.encode_raw(buf);
-        prost::encoding::fixed64::encode_packed(SHARD_IDS_TAG, &self.ids, buf);
+        encode_shard_request(&self.head, &self.ids, buf);
     }
 
     fn merge_field(
