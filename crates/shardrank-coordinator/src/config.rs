@@ -100,6 +100,20 @@ pub struct CoordinatorConfig {
     /// Hedging: never hedge sooner than this.
     #[arg(long, default_value_t = 1, value_name = "MS")]
     pub hedge_min_delay_ms: u64,
+    /// Coalescing: batch calls under way per replica. A small Rank call that finds them
+    /// all busy waits for the next free one and goes with the others waiting then, in
+    /// one RankBatch call (batches grow with load, never with added delay); 0 sends
+    /// every call alone.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub shard_batch_in_flight: usize,
+    /// Coalescing: most Rank calls in one batch call.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub shard_batch_max_items: usize,
+    /// Coalescing: a shard call with more candidate ids than this is always sent alone
+    /// (its call is a small part of its cost, and a batch answers when its last item
+    /// is ranked).
+    #[arg(long, default_value_t = 8192, value_name = "IDS")]
+    pub shard_batch_max_ids: usize,
     /// Retries of a failed shard call on another replica of the shard: 0 or 1. Never
     /// after a timeout, and only with time left before the deadline.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -217,6 +231,15 @@ impl CoordinatorConfig {
         }
     }
 
+    /// When shard calls are coalesced, from the flags.
+    pub fn batch_policy(&self) -> crate::shard_batch::BatchPolicy {
+        crate::shard_batch::BatchPolicy {
+            in_flight: self.shard_batch_in_flight,
+            max_items: self.shard_batch_max_items,
+            max_item_ids: self.shard_batch_max_ids,
+        }
+    }
+
     pub fn validate(&self) -> Result<Vec<Vec<String>>, String> {
         if self.heavy_candidates == 0 {
             return Err("--heavy-candidates must be at least 1".into());
@@ -249,6 +272,12 @@ impl CoordinatorConfig {
             return Err(format!(
                 "--retries {} : a failed shard call is retried at most once (0 or 1)",
                 self.retries
+            ));
+        }
+        if !(1..=1024).contains(&self.shard_batch_max_items) {
+            return Err(format!(
+                "--shard-batch-max-items {} must be between 1 and 1024 (a shard refuses larger batches)",
+                self.shard_batch_max_items
             ));
         }
         if self.health_check_ms < 10 {

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod rank;
 pub mod replica;
 pub mod service;
+pub mod shard_batch;
 pub mod shard_call;
 pub mod shard_client;
 pub mod timeline;

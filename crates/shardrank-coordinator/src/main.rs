@@ -57,11 +57,19 @@ async fn main() -> ExitCode {
         }
     }
     let num_shards = shard_urls.len() as u32;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
     let mut handles: Vec<Vec<ShardHandle>> = Vec::with_capacity(shard_urls.len());
     for (i, replicas) in shard_urls.iter().enumerate() {
         let mut group = Vec::with_capacity(replicas.len());
         for url in replicas {
-            match ShardHandle::connect_lazy(i as u32, url, cfg.max_message_bytes) {
+            match ShardHandle::connect_lazy(
+                i as u32,
+                url,
+                cfg.max_message_bytes,
+                cfg.batch_policy(),
+                metrics.shard_batch_items.clone(),
+            ) {
                 Ok(h) => group.push(h),
                 Err(e) => return fail(format!("--shards: {e}")),
             }
@@ -138,8 +146,6 @@ async fn main() -> ExitCode {
     let t0 = Instant::now();
     let describe = source.describe();
     let kafka = cfg.kafka();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
     metrics.init_labels(&replica_counts);
     let load = {
         let (kafka, metrics) = (kafka.clone(), metrics.clone());

@@ -80,6 +80,8 @@ pub struct CoordinatorMetrics {
     pub missing_shards: Family<Shard, Counter>,
     pub second_rounds: Counter,
     pub shard_calls_in_flight: Gauge,
+    /// Items per RankBatch call (coalesced Rank calls; see `shard_batch`).
+    pub shard_batch_items: Histogram,
     pub shard_retries: Family<Shard, Counter>,
     pub shard_hedges: Family<Shard, Counter>,
     pub shard_hedges_won: Family<Shard, Counter>,
@@ -113,6 +115,7 @@ impl CoordinatorMetrics {
             missing_shards: Family::default(),
             second_rounds: Counter::default(),
             shard_calls_in_flight: Gauge::default(),
+            shard_batch_items: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             shard_retries: Family::default(),
             shard_hedges: Family::default(),
             shard_hedges_won: Family::default(),
@@ -137,6 +140,11 @@ impl CoordinatorMetrics {
             "requests",
             "Requests by RPC and gRPC status code",
             m.requests.clone(),
+        );
+        r.register(
+            "shard_batch_items",
+            "Rank calls coalesced into each RankBatch call to a replica",
+            m.shard_batch_items.clone(),
         );
         r.register_with_unit(
             "request",

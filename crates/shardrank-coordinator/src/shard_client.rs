@@ -5,12 +5,19 @@
 //! its [`ReplicaSet`] (ejection and return).
 
 use crate::replica::ReplicaSet;
-use shardrank_proto::codec::{shard_rank, SharedShardRankRequest};
+use crate::shard_batch::{BatchPolicy, Batcher, SendBatch};
+use prometheus_client::metrics::histogram::Histogram;
+use shardrank_proto::codec::{
+    shard_rank, shard_rank_batch, SharedBatchItem, SharedShardRankBatch, SharedShardRankRequest,
+};
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_client::ShardClient;
 use shardrank_proto::v1::{RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardRankResponse};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 /// The replicas of one shard index: their connections and their live state.
@@ -29,10 +36,29 @@ pub struct ShardHandle {
     /// The same channel, for `Rank` with a shared request (the generated client takes
     /// only an owned one).
     grpc: tonic::client::Grpc<Channel>,
+    batch: BatchPolicy,
+    /// Started on the first coalesced call (it needs the runtime).
+    batcher: Arc<OnceLock<Batcher<RankItem, ShardRankResponse>>>,
+    /// Items per batch call, for the metrics.
+    batch_sizes: Histogram,
+    /// The replica answered RankBatch with UNIMPLEMENTED (an older shard binary): its
+    /// calls go one by one from then on.
+    no_batches: Arc<AtomicBool>,
 }
 
+/// A coalesced Rank: the request and its trace context.
+type RankItem = (SharedShardRankRequest, TraceContext);
+
 impl ShardHandle {
-    pub fn connect_lazy(index: u32, url: &str, max_message_bytes: usize) -> Result<Self, String> {
+    /// A channel to one replica, connected on first use. Rank calls to it are coalesced
+    /// under `batch` (see [`crate::shard_batch`]); `batch_sizes` observes each batch.
+    pub fn connect_lazy(
+        index: u32,
+        url: &str,
+        max_message_bytes: usize,
+        batch: BatchPolicy,
+        batch_sizes: Histogram,
+    ) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("shard {index} URL {url:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
@@ -51,6 +77,10 @@ impl ShardHandle {
             url: url.to_string(),
             client,
             grpc,
+            batch,
+            batcher: Arc::default(),
+            batch_sizes,
+            no_batches: Arc::default(),
         })
     }
 
@@ -75,36 +105,53 @@ impl ShardHandle {
                 .metadata_mut()
                 .insert(shardrank_proto::trace::HEADER, v);
         }
-        let late = || {
-            tonic::Status::deadline_exceeded(format!(
-                "shard {} at {} did not answer within {timeout:?}",
-                self.index, self.url
-            ))
-        };
-        match tokio::time::timeout(timeout, send(self.client.clone(), request)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            // tonic's own client timer reports CANCELLED "Timeout expired": the same event.
-            Ok(Err(s)) if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout") => {
-                Err(late())
-            }
-            Ok(Err(s)) => Err(tonic::Status::new(
-                s.code(),
-                format!("shard {} at {}: {}", self.index, self.url, s.message()),
-            )),
-            Err(_) => Err(late()),
-        }
+        let res = tokio::time::timeout(timeout, send(self.client.clone(), request)).await;
+        answered(
+            self.index,
+            &self.url,
+            timeout,
+            res.map(|r| r.map(|r| r.into_inner())),
+        )
     }
 
     /// One Rank call bounded by `timeout`. A shared request's ids are not copied, however
-    /// many attempts send them.
+    /// many attempts send them. A small one may travel in a batch with others.
     pub async fn rank(
         &self,
         req: impl Into<SharedShardRankRequest>,
         timeout: Duration,
         trace: TraceContext,
     ) -> Result<ShardRankResponse, tonic::Status> {
+        let req = req.into();
+        let mut timeout = timeout;
+        if self.batch.admits(req.ids().len()) && !self.no_batches.load(Ordering::Relaxed) {
+            let batcher = self.batcher.get_or_init(|| {
+                let sizes = self.batch_sizes.clone();
+                Batcher::spawn(
+                    self.batch,
+                    RankBatchSender {
+                        index: self.index,
+                        url: self.url.clone().into(),
+                        grpc: self.grpc.clone(),
+                    },
+                    move |n| sizes.observe(n as f64),
+                )
+            });
+            let deadline = Instant::now() + timeout;
+            match tokio::time::timeout(timeout, batcher.call((req.clone(), trace), deadline)).await
+            {
+                Err(_) => return Err(late(self.index, &self.url, timeout)),
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                    if !self.no_batches.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(shard = self.index, url = %self.url, "replica does not serve RankBatch (an older binary?): its calls go one by one");
+                    }
+                    timeout = deadline.saturating_duration_since(Instant::now());
+                }
+                Ok(res) => return res,
+            }
+        }
         let mut grpc = self.grpc.clone();
-        self.call(req.into(), timeout, trace, |_, r| async move {
+        self.call(req, timeout, trace, |_, r| async move {
             shard_rank(&mut grpc, r).await
         })
         .await
@@ -145,6 +192,93 @@ impl ShardHandle {
                     Ok(info.posts)
                 }
             }
+        }
+    }
+}
+
+fn late(index: u32, url: &str, timeout: Duration) -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!(
+        "shard {index} at {url} did not answer within {timeout:?}"
+    ))
+}
+
+/// A call's outcome, its error naming the shard and replica; a timeout is
+/// DEADLINE_EXCEEDED whichever timer saw it first.
+fn answered<T>(
+    index: u32,
+    url: &str,
+    timeout: Duration,
+    res: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Result<T, tonic::Status> {
+    match res {
+        Ok(Ok(r)) => Ok(r),
+        // tonic's own client timer reports CANCELLED "Timeout expired": the same event.
+        Ok(Err(s)) if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout") => {
+            Err(late(index, url, timeout))
+        }
+        Ok(Err(s)) => Err(tonic::Status::new(
+            s.code(),
+            format!("shard {index} at {url}: {}", s.message()),
+        )),
+        Err(_) => Err(late(index, url, timeout)),
+    }
+}
+
+/// Sends a replica's coalesced Rank calls as one RankBatch call, bounded by the latest
+/// of its items' deadlines (each item carries its own budget to the shard).
+struct RankBatchSender {
+    index: u32,
+    url: Arc<str>,
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
+    fn send(
+        &self,
+        items: Vec<(RankItem, Instant)>,
+    ) -> impl Future<Output = Result<Vec<Result<ShardRankResponse, tonic::Status>>, tonic::Status>>
+           + Send
+           + 'static {
+        let (index, url, mut grpc) = (self.index, self.url.clone(), self.grpc.clone());
+        async move {
+            let now = Instant::now();
+            let budget = |d: Instant| {
+                d.saturating_duration_since(now)
+                    .max(Duration::from_micros(1))
+            };
+            let timeout = items
+                .iter()
+                .map(|&(_, d)| budget(d))
+                .max()
+                .unwrap_or_default();
+            let batch = SharedShardRankBatch {
+                items: items
+                    .into_iter()
+                    .map(|((request, trace), d)| SharedBatchItem {
+                        request,
+                        timeout_us: budget(d).as_micros() as u64,
+                        traceparent: trace.header(),
+                    })
+                    .collect(),
+            };
+            let mut request = tonic::Request::new(batch);
+            request.set_timeout(timeout);
+            let res = tokio::time::timeout(timeout, shard_rank_batch(&mut grpc, request)).await;
+            let results = answered(index, &url, timeout, res.map(|r| r.map(|r| r.into_inner())))?;
+            Ok(results
+                .results
+                .into_iter()
+                .map(|r| match (tonic::Code::from_i32(r.code), r.response) {
+                    (tonic::Code::Ok, Some(resp)) => Ok(resp),
+                    (tonic::Code::Ok, None) => Err(tonic::Status::internal(format!(
+                        "shard {index} at {url}: a batch result is OK without a response"
+                    ))),
+                    (code, _) => Err(tonic::Status::new(
+                        code,
+                        format!("shard {index} at {url}: {}", r.message),
+                    )),
+                })
+                .collect())
         }
     }
 }

@@ -47,6 +47,8 @@ pub enum WireError {
     Prost(#[from] DecodeError),
     #[error("failed to decode Protobuf message: packed candidate_ids: {0}")]
     Ids(&'static str),
+    #[error("failed to decode Protobuf message: a nested message runs past its end")]
+    Truncated,
 }
 
 /// The codec named in `build.rs` for the generated clients and servers.
@@ -162,6 +164,60 @@ impl WireMessage for v1::ShardInfoRequest {}
 impl WireMessage for v1::ShardInfoResponse {}
 impl WireMessage for v1::RetrieveRequest {}
 impl WireMessage for v1::RetrieveResponse {}
+impl WireMessage for v1::ShardRankBatchResponse {}
+
+impl WireMessage for v1::ShardRankBatchRequest {
+    /// Each item's request through the shard request's decoder (its ids in bulk).
+    fn decode_slice(mut buf: &[u8]) -> Result<Self, WireError> {
+        let mut msg = Self::default();
+        while !buf.is_empty() {
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            if tag == 1 && wire_type == WireType::LengthDelimited {
+                let item =
+                    decode_with_nested(&mut buf, |payload, item: &mut v1::ShardRankBatchItem| {
+                        // A repeated message field merges; one request per item is what
+                        // the coordinator sends.
+                        item.request = Some(v1::ShardRankRequest::decode_slice(payload)?);
+                        Ok(())
+                    })?;
+                msg.items.push(item);
+            } else {
+                msg.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
+            }
+        }
+        Ok(msg)
+    }
+}
+
+/// Decodes the length-delimited message at the front of `buf` (advanced past it): its
+/// field 1, if length-delimited, through `first`, every other field through prost.
+fn decode_with_nested<M: Message + Default>(
+    buf: &mut &[u8],
+    first: impl Fn(&[u8], &mut M) -> Result<(), WireError>,
+) -> Result<M, WireError> {
+    let len = decode_varint(buf)?;
+    if len > buf.len() as u64 {
+        return Err(WireError::Truncated);
+    }
+    let (mut inner, rest) = buf.split_at(len as usize);
+    *buf = rest;
+    let mut msg = M::default();
+    while !inner.is_empty() {
+        let (tag, wire_type) = decode_key(&mut inner)?;
+        if tag == 1 && wire_type == WireType::LengthDelimited {
+            let n = decode_varint(&mut inner)?;
+            if n > inner.len() as u64 {
+                return Err(WireError::Truncated);
+            }
+            let (payload, after) = inner.split_at(n as usize);
+            first(payload, &mut msg)?;
+            inner = after;
+        } else {
+            msg.merge_field(tag, wire_type, &mut inner, DecodeContext::default())?;
+        }
+    }
+    Ok(msg)
+}
 
 /// A `ShardRankRequest` whose candidate ids are shared rather than owned. The
 /// coordinator sends one shard's ids to a replica, then perhaps to a hedge, a retry or a
@@ -243,11 +299,95 @@ impl WireMessage for SharedShardRankRequest {
     }
 }
 
+/// One item of a [`SharedShardRankBatch`]: a `ShardRankBatchItem` whose request's ids
+/// are shared.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SharedBatchItem {
+    pub request: SharedShardRankRequest,
+    pub timeout_us: u64,
+    pub traceparent: String,
+}
+
+impl SharedBatchItem {
+    /// The item's fields after its request.
+    fn tail(&self) -> v1::ShardRankBatchItem {
+        v1::ShardRankBatchItem {
+            request: None,
+            timeout_us: self.timeout_us,
+            traceparent: self.traceparent.clone(),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        prost::encoding::message::encoded_len(1, &self.request) + self.tail().encoded_len()
+    }
+}
+
+/// A `ShardRankBatchRequest` whose items' ids are shared, not copied (as
+/// [`SharedShardRankRequest`] for `Rank`). On the wire it is exactly the batch it
+/// stands for (tested).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SharedShardRankBatch {
+    pub items: Vec<SharedBatchItem>,
+}
+
+impl Message for SharedShardRankBatch {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for item in &self.items {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(item.encoded_len() as u64, buf);
+            prost::encoding::message::encode(1, &item.request, buf);
+            item.tail().encode_raw(buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if tag == 1 {
+            let mut item = v1::ShardRankBatchItem::default();
+            prost::encoding::message::merge(wire_type, &mut item, buf, ctx)?;
+            self.items.push(SharedBatchItem {
+                request: item.request.unwrap_or_default().into(),
+                timeout_us: item.timeout_us,
+                traceparent: item.traceparent,
+            });
+            Ok(())
+        } else {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.items
+            .iter()
+            .map(|i| {
+                let n = i.encoded_len();
+                prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(n as u64) + n
+            })
+            .sum()
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+    }
+}
+
+impl WireMessage for SharedShardRankBatch {
+    fn encode_into(self, buf: &mut impl BufMut) {
+        self.encode_raw(buf);
+    }
+}
+
 /// `shardrank.v1.Shard/Rank` with a shared request: what the generated client's `rank`
 /// does, for [`SharedShardRankRequest`] (the generated client takes the owned type).
 pub async fn shard_rank<T>(
     grpc: &mut tonic::client::Grpc<T>,
-    mut request: tonic::Request<SharedShardRankRequest>,
+    request: tonic::Request<SharedShardRankRequest>,
 ) -> Result<tonic::Response<v1::ShardRankResponse>, Status>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
@@ -255,13 +395,46 @@ where
     T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
+    shard_unary(grpc, request, "Rank").await
+}
+
+/// `shardrank.v1.Shard/RankBatch` with shared requests.
+pub async fn shard_rank_batch<T>(
+    grpc: &mut tonic::client::Grpc<T>,
+    request: tonic::Request<SharedShardRankBatch>,
+) -> Result<tonic::Response<v1::ShardRankBatchResponse>, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    shard_unary(grpc, request, "RankBatch").await
+}
+
+/// A unary call of `shardrank.v1.Shard/{method}`, as the generated client makes it.
+async fn shard_unary<T, Req, Resp>(
+    grpc: &mut tonic::client::Grpc<T>,
+    mut request: tonic::Request<Req>,
+    method: &'static str,
+) -> Result<tonic::Response<Resp>, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    Req: WireMessage + Send + 'static,
+    Resp: WireMessage + Send + 'static,
+{
     grpc.ready()
         .await
         .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/shardrank.v1.Shard/Rank");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::try_from(format!("/shardrank.v1.Shard/{method}"))
+            .map_err(|e| Status::internal(format!("method path: {e}")))?;
     request
         .extensions_mut()
-        .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", "Rank"));
+        .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", method));
     grpc.unary(request, path, WireCodec::default()).await
 }
 
@@ -457,6 +630,78 @@ mod tests {
             assert_eq!(ShardRankRequest::decode(&bytes[..]).unwrap(), s);
             assert_eq!(ShardRankRequest::decode_slice(&bytes).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn a_shared_batch_is_on_the_wire_the_batch_it_stands_for() {
+        let mut g = Gen(57);
+        for sizes in [vec![], vec![0], vec![1, 513], vec![3000, 0, 7]] {
+            let owned = v1::ShardRankBatchRequest {
+                items: sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| v1::ShardRankBatchItem {
+                        request: Some(shard_request(&mut g, n)),
+                        timeout_us: (i as u64) * 1000,
+                        traceparent: if i % 2 == 0 {
+                            String::new()
+                        } else {
+                            "00-ab".into()
+                        },
+                    })
+                    .collect(),
+            };
+            let shared = SharedShardRankBatch {
+                items: owned
+                    .items
+                    .iter()
+                    .map(|i| SharedBatchItem {
+                        request: i.request.clone().unwrap().into(),
+                        timeout_us: i.timeout_us,
+                        traceparent: i.traceparent.clone(),
+                    })
+                    .collect(),
+            };
+            let mut bytes = Vec::new();
+            shared.clone().encode_into(&mut bytes);
+            assert_eq!(bytes.len(), shared.encoded_len());
+            assert_eq!(bytes.len(), owned.encoded_len());
+            assert_eq!(
+                v1::ShardRankBatchRequest::decode(&bytes[..]).unwrap(),
+                owned
+            );
+            assert_eq!(
+                v1::ShardRankBatchRequest::decode_slice(&bytes).unwrap(),
+                owned
+            );
+            assert!(agree::<v1::ShardRankBatchRequest>(&owned.encode_to_vec()));
+            assert_eq!(SharedShardRankBatch::decode(&bytes[..]).unwrap(), shared);
+        }
+    }
+
+    #[test]
+    fn damaged_batches_are_refused_as_prost_refuses_them() {
+        let mut g = Gen(3);
+        let owned = v1::ShardRankBatchRequest {
+            items: (0..3)
+                .map(|i| v1::ShardRankBatchItem {
+                    request: Some(shard_request(&mut g, 40 * i)),
+                    timeout_us: 5,
+                    traceparent: "x".into(),
+                })
+                .collect(),
+        };
+        let bytes = owned.encode_to_vec();
+        let mut refused = 0;
+        for cut in 0..bytes.len() {
+            refused += !agree::<v1::ShardRankBatchRequest>(&bytes[..cut]) as u32;
+        }
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x80;
+            agree::<v1::ShardRankBatchRequest>(&b);
+        }
+        assert!(refused > 0);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_server::Shard;
 use shardrank_proto::v1::{
     CandidateSource, RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardInfoResponse,
-    ShardRankRequest, ShardRankResponse, UserContext,
+    ShardRankBatchRequest, ShardRankBatchResponse, ShardRankBatchResult, ShardRankRequest,
+    ShardRankResponse, UserContext,
 };
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
@@ -103,23 +104,77 @@ impl Shard for ShardService {
         let trace = TraceContext::from_metadata(request.metadata());
         let deadline = shardrank_proto::serving::request_timeout(request.metadata())
             .map(|t| (Instant::now() + t, t));
-        let span = tracing::info_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
-        shardrank_proto::otlp::link(&span, &trace);
-        let res = self
-            .rank_inner(request.into_inner(), deadline)
-            .instrument(span.clone())
-            .await;
-        span.in_scope(|| match &res {
-            Ok(r) => tracing::debug!(
-                candidates = r.eligible,
-                heavy = r.ids.len(),
-                ms = r.total_ms,
-                "ranked"
-            ),
-            Err(e) => tracing::info!(error = %e, "rank refused"),
-        });
-        count_by_code(&self.state.metrics.requests, &res);
-        res.map(Response::new).map_err(Status::from)
+        self.rank_one(request.into_inner(), trace, deadline)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn rank_batch(
+        &self,
+        request: Request<ShardRankBatchRequest>,
+    ) -> Result<Response<ShardRankBatchResponse>, Status> {
+        let now = Instant::now();
+        let items = request.into_inner().items;
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a batch of {} items: at most {MAX_BATCH_ITEMS}",
+                items.len()
+            )));
+        }
+        // Each item as Rank would rank it, as a task of its own: the items of a batch
+        // spread over the async workers as separate calls would (the first one runs
+        // here).
+        let mut ranked = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let me = self.clone();
+            let one = async move {
+                let Some(req) = item.request else {
+                    let res = Err(ShardError::InvalidArgument(format!(
+                        "batch item {i} has no request"
+                    )));
+                    count_by_code(&me.state.metrics.requests, &res);
+                    return res;
+                };
+                let trace =
+                    TraceContext::parse(&item.traceparent).unwrap_or_else(TraceContext::new_root);
+                let deadline = (item.timeout_us > 0).then(|| {
+                    let t = std::time::Duration::from_micros(item.timeout_us);
+                    (now + t, t)
+                });
+                me.rank_one(req, trace, deadline).await
+            };
+            ranked.push(if i == 0 {
+                futures_util::future::Either::Left(one)
+            } else {
+                let task = tokio::spawn(one);
+                futures_util::future::Either::Right(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(ShardError::Internal(format!("batch item {i} failed: {e}")))
+                    })
+                })
+            });
+        }
+        let results = futures_util::future::join_all(ranked)
+            .await
+            .into_iter()
+            .map(|res| match res {
+                Ok(r) => ShardRankBatchResult {
+                    code: 0,
+                    message: String::new(),
+                    response: Some(r),
+                },
+                Err(e) => {
+                    let status = Status::from(e);
+                    ShardRankBatchResult {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                        response: None,
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(ShardRankBatchResponse { results }))
     }
 
     async fn retrieve(
@@ -163,7 +218,37 @@ impl Shard for ShardService {
     }
 }
 
+/// Most items in one RankBatch call (the coordinator sends at most its
+/// `--shard-batch-max-items`).
+pub const MAX_BATCH_ITEMS: usize = 1024;
+
 impl ShardService {
+    /// One Rank request, in its own span, counted under its outcome.
+    async fn rank_one(
+        &self,
+        req: ShardRankRequest,
+        trace: TraceContext,
+        deadline: Option<(Instant, std::time::Duration)>,
+    ) -> Result<ShardRankResponse, ShardError> {
+        let span = tracing::info_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
+        shardrank_proto::otlp::link(&span, &trace);
+        let res = self
+            .rank_inner(req, deadline)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match &res {
+            Ok(r) => tracing::debug!(
+                candidates = r.eligible,
+                heavy = r.ids.len(),
+                ms = r.total_ms,
+                "ranked"
+            ),
+            Err(e) => tracing::info!(error = %e, "rank refused"),
+        });
+        count_by_code(&self.state.metrics.requests, &res);
+        res
+    }
+
     async fn retrieve_inner(
         &self,
         mut req: RetrieveRequest,
