@@ -32,9 +32,9 @@ pub struct ShardConfig {
     /// Largest gRPC message accepted, in bytes (a request of N ids is about 8N bytes).
     #[arg(long, default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
-    /// Most Rank requests processed at once; beyond it a request is refused at once with
-    /// RESOURCE_EXHAUSTED (the coordinator then tries another replica) instead of
-    /// queueing into a timeout.
+    /// Most Rank requests processed at once (a RankBatch call counts as one); beyond it a
+    /// request is refused at once with RESOURCE_EXHAUSTED (the coordinator then tries
+    /// another replica) instead of queueing into a timeout.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_in_flight: usize,
     /// Keep a snapshot of the partition here: loaded at start-up instead of replaying the

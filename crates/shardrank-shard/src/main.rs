@@ -236,7 +236,7 @@ async fn main() -> ExitCode {
     let shed_state = state.clone();
     let admission = shardrank_proto::admission::Admission::new(
         cfg.max_in_flight,
-        &["/shardrank.v1.Shard/Rank"],
+        &["/shardrank.v1.Shard/Rank", "/shardrank.v1.Shard/RankBatch"],
         Arc::new(move |_: &str| {
             let m = &shed_state.metrics;
             m.requests_shed.inc();
