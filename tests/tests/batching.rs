@@ -3,6 +3,7 @@
 //! answers each request exactly as it answers it alone, and as a coordinator that does
 //! not coalesce.
 
+use shardrank_proto::v1::coordinator_client::CoordinatorClient;
 use shardrank_proto::v1::shard_client::ShardClient;
 use shardrank_proto::v1::{
     RankRequest, ShardRankBatchItem, ShardRankBatchRequest, ShardRankRequest, ShardRankResponse,
@@ -10,6 +11,7 @@ use shardrank_proto::v1::{
 };
 use shardrank_tests::corpus_facts::Facts;
 use shardrank_tests::{http_get, metric, Cluster};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// What a shard answered, without its own timings.
@@ -151,13 +153,18 @@ fn rank_request(facts: &Facts, k: usize) -> RankRequest {
     }
 }
 
+type Answers = Vec<Vec<(u64, f32)>>;
+
 /// The answers to `n` requests sent one after another, then all at once.
-async fn answers(
-    c: &Cluster,
+async fn answers(c: &Cluster, facts: &Facts, n: usize) -> (Answers, Answers) {
+    answers_of(c.client().await, facts, n).await
+}
+
+async fn answers_of(
+    mut client: CoordinatorClient<Channel>,
     facts: &Facts,
     n: usize,
-) -> (Vec<Vec<(u64, f32)>>, Vec<Vec<(u64, f32)>>) {
-    let mut client = c.client().await;
+) -> (Answers, Answers) {
     let pairs = |r: shardrank_proto::v1::RankResponse| {
         assert!(r.missing_shards.is_empty() && r.truncated_shards.is_empty());
         r.candidates
@@ -260,4 +267,93 @@ async fn batches_pass_the_shards_admission_limit_as_rank_calls_do() {
         }
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+}
+
+/// A real shard, in this process (the tiny corpus' only partition), whose server does not
+/// know RankBatch, as a binary from before it: RankBatch calls are routed to a method it
+/// does not have, and answered UNIMPLEMENTED by tonic.
+async fn shard_without_rank_batch() -> String {
+    use shardrank_core::corpus::CorpusSpec;
+    use shardrank_core::model::Models;
+    use shardrank_core::source::Source;
+    use shardrank_proto::v1::shard_server::ShardServer;
+    use shardrank_shard::service::{ShardService, ShardState};
+    use std::sync::{Arc, OnceLock, RwLock};
+    use tonic::codegen::http;
+
+    let models = Models::builtin();
+    let source = Source::Corpus(CorpusSpec::named("tiny", 42).unwrap());
+    let (store, _) = shardrank_shard::ingest::load(&source, 0, 1, models.light.clone()).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let state = ShardState {
+        metrics: shardrank_shard::metrics::ShardMetrics::register(&mut registry),
+        index: 0,
+        num_shards: 1,
+        models,
+        source: "tiny".into(),
+        store: OnceLock::new(),
+        live_position: Default::default(),
+    };
+    let _ = state.store.set(RwLock::new(store));
+    let old = |mut req: http::Request<tonic::body::Body>| {
+        if req.uri().path() == "/shardrank.v1.Shard/RankBatch" {
+            *req.uri_mut() = http::Uri::from_static("/shardrank.v1.Shard/NotYetInvented");
+        }
+        req
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::util::MapRequestLayer::new(old))
+            .add_service(ShardServer::new(ShardService {
+                state: Arc::new(state),
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_rank_batch_is_called_one_by_one() {
+    let facts = Facts::of("tiny", 42);
+    let shard = shard_without_rank_batch().await;
+    let mut direct = ShardClient::new(shardrank_tests::channel(&shard).await);
+    let refused = direct
+        .rank_batch(ShardRankBatchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+
+    let dir = shardrank_tests::scratch_dir("old-shard");
+    let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
+    let args: Vec<String> = [
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+        "--shards".into(),
+        shard.clone(),
+        "--corpus".into(),
+        "tiny".into(),
+    ]
+    .to_vec();
+    let log = dir.join("coordinator.log");
+    let mut coordinator = shardrank_tests::Proc::spawn("shardrank-coordinator", &args, log.clone());
+    let url = format!("http://127.0.0.1:{port}");
+    shardrank_tests::wait_serving(&url, "", &mut coordinator, shardrank_tests::START_TIMEOUT).await;
+    let client = CoordinatorClient::new(shardrank_tests::channel(&url).await);
+    let (alone, together) = answers_of(client, &facts, 16).await;
+
+    // The same answers as a cluster whose shard serves RankBatch.
+    let c = Cluster::start(1, &["--corpus", "tiny"]).await;
+    let (want, _) = answers(&c, &facts, 16).await;
+    assert_eq!(alone, want);
+    assert_eq!(together, want);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("does not serve RankBatch").count(),
+        1,
+        "said once:\n{text}"
+    );
 }
