@@ -248,7 +248,16 @@ fn delta(after: BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeM
         .collect()
 }
 
-/// A phase of load, with `fault` applied to the cluster `at` into it.
+/// Requests the coordinator has answered so far, whatever their outcome.
+async fn answered(c: &Cluster) -> f64 {
+    let (_, text) = http_get(&format!("{}/metrics", c.admin)).await;
+    metric_sum(&text, "shardrank_coordinator_requests_total")
+}
+
+/// A phase of load, with `fault` applied to the cluster `at` into it. "Into it" counts
+/// from the first answered request: the load test first draws its ids from the corpus
+/// (a second or more for the standard one), and a fault that comes before any traffic
+/// (a replica ejected by its health check before the first call) tests nothing.
 async fn phase_with(
     c: &mut Cluster,
     setup: &Setup,
@@ -256,7 +265,12 @@ async fn phase_with(
     at: Duration,
     fault: impl FnOnce(&mut Cluster),
 ) -> Value {
+    let before = answered(c).await;
     let h = load(&c.url, setup, setup.rate, duration);
+    let t0 = Instant::now();
+    while answered(c).await <= before && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(at).await;
     fault(c);
     tokio::task::spawn_blocking(move || h.join().unwrap())
@@ -364,7 +378,7 @@ pub async fn stall_replica(setup: &Setup, hedging: bool) -> Outcome {
     let c0 = counters(&c).await;
     let before = phase(&c, setup, setup.rate, setup.phase).await;
     let victim = c.replica(1, 0);
-    // The whole phase is the stall.
+    // The stall lasts from the first request of the phase to its end.
     let during = phase_with(&mut c, setup, setup.stall, Duration::ZERO, |c| {
         c.signal_shard(victim, "STOP")
     })

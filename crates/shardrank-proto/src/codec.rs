@@ -309,17 +309,29 @@ pub struct SharedBatchItem {
 }
 
 impl SharedBatchItem {
-    /// The item's fields after its request.
-    fn tail(&self) -> v1::ShardRankBatchItem {
-        v1::ShardRankBatchItem {
-            request: None,
-            timeout_us: self.timeout_us,
-            traceparent: self.traceparent.clone(),
+    /// Fields as prost writes them: in order, scalars only when not zero or empty.
+    fn encode_fields(&self, buf: &mut impl BufMut) {
+        prost::encoding::message::encode(1, &self.request, buf);
+        if self.timeout_us != 0 {
+            prost::encoding::uint64::encode(2, &self.timeout_us, buf);
+        }
+        if !self.traceparent.is_empty() {
+            prost::encoding::string::encode(3, &self.traceparent, buf);
         }
     }
 
     fn encoded_len(&self) -> usize {
-        prost::encoding::message::encoded_len(1, &self.request) + self.tail().encoded_len()
+        prost::encoding::message::encoded_len(1, &self.request)
+            + if self.timeout_us != 0 {
+                prost::encoding::uint64::encoded_len(2, &self.timeout_us)
+            } else {
+                0
+            }
+            + if self.traceparent.is_empty() {
+                0
+            } else {
+                prost::encoding::string::encoded_len(3, &self.traceparent)
+            }
     }
 }
 
@@ -336,8 +348,7 @@ impl Message for SharedShardRankBatch {
         for item in &self.items {
             encode_key(1, WireType::LengthDelimited, buf);
             encode_varint(item.encoded_len() as u64, buf);
-            prost::encoding::message::encode(1, &item.request, buf);
-            item.tail().encode_raw(buf);
+            item.encode_fields(buf);
         }
     }
 
