@@ -48,6 +48,16 @@ fn bad_flags_are_named() {
         &["--heavy-candidates", "0", "--check-config"],
         "--heavy-candidates",
     );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--shard-batch-max-items", "0", "--check-config"],
+        "--shard-batch-max-items 0",
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--shard-batch-max-items", "2000", "--check-config"],
+        "between 1 and 1024",
+    );
     assert_fails("shardrank", &["gen", "--corpus", "tiny"], "--out");
     // Kafka flags: named, checked before anything connects.
     assert_fails(
