@@ -8,7 +8,7 @@ use crate::replica::ReplicaSet;
 use crate::shard_batch::{BatchPolicy, Batcher, SendBatch};
 use prometheus_client::metrics::histogram::Histogram;
 use shardrank_proto::codec::{
-    shard_rank, shard_rank_batch, SharedBatchItem, SharedShardRankBatch, SharedShardRankRequest,
+    shard_unary, SharedBatchItem, SharedShardRankBatch, SharedShardRankRequest,
 };
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_client::ShardClient;
@@ -152,7 +152,7 @@ impl ShardHandle {
         }
         let mut grpc = self.grpc.clone();
         self.call(req, timeout, trace, |_, r| async move {
-            shard_rank(&mut grpc, r).await
+            shard_unary(&mut grpc, r).await
         })
         .await
     }
@@ -263,7 +263,7 @@ impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
             };
             let mut request = tonic::Request::new(batch);
             request.set_timeout(timeout);
-            let res = tokio::time::timeout(timeout, shard_rank_batch(&mut grpc, request)).await;
+            let res = tokio::time::timeout(timeout, shard_unary(&mut grpc, request)).await;
             let results = answered(index, &url, timeout, res.map(|r| r.map(|r| r.into_inner())))?;
             Ok(results
                 .results

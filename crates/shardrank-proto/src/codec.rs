@@ -394,58 +394,46 @@ impl WireMessage for SharedShardRankBatch {
     }
 }
 
-/// `shardrank.v1.Shard/Rank` with a shared request: what the generated client's `rank`
-/// does, for [`SharedShardRankRequest`] (the generated client takes the owned type).
-pub async fn shard_rank<T>(
-    grpc: &mut tonic::client::Grpc<T>,
-    request: tonic::Request<SharedShardRankRequest>,
-) -> Result<tonic::Response<v1::ShardRankResponse>, Status>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
-    shard_unary(grpc, request, "Rank").await
+/// A `shardrank.v1.Shard` method whose request the coordinator sends with shared ids
+/// (the generated client takes only the owned types).
+pub trait ShardMethod: WireMessage + Send + 'static {
+    type Response: WireMessage + Send + 'static;
+    const NAME: &'static str;
+    /// `/shardrank.v1.Shard/{NAME}`.
+    const PATH: &'static str;
 }
 
-/// `shardrank.v1.Shard/RankBatch` with shared requests.
-pub async fn shard_rank_batch<T>(
-    grpc: &mut tonic::client::Grpc<T>,
-    request: tonic::Request<SharedShardRankBatch>,
-) -> Result<tonic::Response<v1::ShardRankBatchResponse>, Status>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
-    shard_unary(grpc, request, "RankBatch").await
+impl ShardMethod for SharedShardRankRequest {
+    type Response = v1::ShardRankResponse;
+    const NAME: &'static str = "Rank";
+    const PATH: &'static str = "/shardrank.v1.Shard/Rank";
 }
 
-/// A unary call of `shardrank.v1.Shard/{method}`, as the generated client makes it.
-async fn shard_unary<T, Req, Resp>(
+impl ShardMethod for SharedShardRankBatch {
+    type Response = v1::ShardRankBatchResponse;
+    const NAME: &'static str = "RankBatch";
+    const PATH: &'static str = "/shardrank.v1.Shard/RankBatch";
+}
+
+/// A unary call of `Req::PATH`: what the generated client's method
+/// does, for a request with shared ids.
+pub async fn shard_unary<T, Req: ShardMethod>(
     grpc: &mut tonic::client::Grpc<T>,
     mut request: tonic::Request<Req>,
-    method: &'static str,
-) -> Result<tonic::Response<Resp>, Status>
+) -> Result<tonic::Response<Req::Response>, Status>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::Error: Into<tonic::codegen::StdError>,
     T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-    Req: WireMessage + Send + 'static,
-    Resp: WireMessage + Send + 'static,
 {
     grpc.ready()
         .await
         .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::try_from(format!("/shardrank.v1.Shard/{method}"))
-            .map_err(|e| Status::internal(format!("method path: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(Req::PATH);
     request
         .extensions_mut()
-        .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", method));
+        .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", Req::NAME));
     grpc.unary(request, path, WireCodec::default()).await
 }
 
