@@ -84,9 +84,7 @@ impl ShardHandle {
         })
     }
 
-    /// One call bounded by `timeout` (sent to the shard as grpc-timeout too), with the
-    /// trace context in its metadata. Errors name the shard and replica; a timeout is
-    /// DEADLINE_EXCEEDED whichever timer saw it first.
+    /// One call bounded by `timeout` (see [`call_replica`]).
     async fn call<Req, Resp, F, Fut>(
         &self,
         req: Req,
@@ -96,22 +94,13 @@ impl ShardHandle {
     ) -> Result<Resp, tonic::Status>
     where
         F: FnOnce(ShardClient<Channel>, tonic::Request<Req>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(timeout);
-        if let Ok(v) = trace.header().parse() {
-            request
-                .metadata_mut()
-                .insert(shardrank_proto::trace::HEADER, v);
-        }
-        let res = tokio::time::timeout(timeout, send(self.client.clone(), request)).await;
-        answered(
-            self.index,
-            &self.url,
-            timeout,
-            res.map(|r| r.map(|r| r.into_inner())),
-        )
+        let client = self.client.clone();
+        call_replica(self.index, &self.url, req, timeout, trace, |r| {
+            send(client, r)
+        })
+        .await
     }
 
     /// One Rank call bounded by `timeout`. A shared request's ids are not copied, however
@@ -123,7 +112,6 @@ impl ShardHandle {
         trace: TraceContext,
     ) -> Result<ShardRankResponse, tonic::Status> {
         let req = req.into();
-        let mut timeout = timeout;
         if self.batch.admits(req.ids().len()) && !self.no_batches.load(Ordering::Relaxed) {
             let batcher = self.batcher.get_or_init(|| {
                 let sizes = self.batch_sizes.clone();
@@ -133,27 +121,25 @@ impl ShardHandle {
                         index: self.index,
                         url: self.url.clone().into(),
                         grpc: self.grpc.clone(),
+                        no_batches: self.no_batches.clone(),
                     },
                     move |n| sizes.observe(n as f64),
                 )
             });
-            let deadline = Instant::now() + timeout;
-            match tokio::time::timeout(timeout, batcher.call((req.clone(), trace), deadline)).await
-            {
-                Err(_) => return Err(late(self.index, &self.url, timeout)),
-                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                    if !self.no_batches.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(shard = self.index, url = %self.url, "replica does not serve RankBatch (an older binary?): its calls go one by one");
-                    }
-                    timeout = deadline.saturating_duration_since(Instant::now());
-                }
-                Ok(res) => return res,
-            }
+            let call = batcher.call((req, trace), Instant::now() + timeout);
+            return match tokio::time::timeout(timeout, call).await {
+                Ok(res) => res,
+                Err(_) => Err(late(self.index, &self.url, timeout)),
+            };
         }
-        let mut grpc = self.grpc.clone();
-        self.call(req, timeout, trace, |_, r| async move {
-            shard_unary(&mut grpc, r).await
-        })
+        rank_alone(
+            self.grpc.clone(),
+            self.index,
+            &self.url,
+            req,
+            timeout,
+            trace,
+        )
         .await
     }
 
@@ -202,16 +188,29 @@ fn late(index: u32, url: &str, timeout: Duration) -> tonic::Status {
     ))
 }
 
-/// A call's outcome, its error naming the shard and replica; a timeout is
-/// DEADLINE_EXCEEDED whichever timer saw it first.
-fn answered<T>(
+/// One call to a replica bounded by `timeout` (sent to the shard as grpc-timeout too),
+/// with the trace context in its metadata. Errors name the shard and replica; a timeout
+/// is DEADLINE_EXCEEDED whichever timer saw it first.
+async fn call_replica<Req, Resp, Fut>(
     index: u32,
     url: &str,
+    req: Req,
     timeout: Duration,
-    res: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>,
-) -> Result<T, tonic::Status> {
-    match res {
-        Ok(Ok(r)) => Ok(r),
+    trace: TraceContext,
+    send: impl FnOnce(tonic::Request<Req>) -> Fut,
+) -> Result<Resp, tonic::Status>
+where
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(timeout);
+    if let Ok(v) = trace.header().parse() {
+        request
+            .metadata_mut()
+            .insert(shardrank_proto::trace::HEADER, v);
+    }
+    match tokio::time::timeout(timeout, send(request)).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
         // tonic's own client timer reports CANCELLED "Timeout expired": the same event.
         Ok(Err(s)) if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout") => {
             Err(late(index, url, timeout))
@@ -224,12 +223,30 @@ fn answered<T>(
     }
 }
 
+/// One Rank call, alone.
+async fn rank_alone(
+    mut grpc: tonic::client::Grpc<Channel>,
+    index: u32,
+    url: &str,
+    req: SharedShardRankRequest,
+    timeout: Duration,
+    trace: TraceContext,
+) -> Result<ShardRankResponse, tonic::Status> {
+    call_replica(index, url, req, timeout, trace, |r| async move {
+        shard_unary(&mut grpc, r).await
+    })
+    .await
+}
+
 /// Sends a replica's coalesced Rank calls as one RankBatch call, bounded by the latest
-/// of its items' deadlines (each item carries its own budget to the shard).
+/// of its items' deadlines (each item carries its own budget to the shard). A replica
+/// that answers UNIMPLEMENTED (a binary from before RankBatch) gets this batch's items
+/// one by one, and the handle sends it every later call alone.
 struct RankBatchSender {
     index: u32,
     url: Arc<str>,
     grpc: tonic::client::Grpc<Channel>,
+    no_batches: Arc<AtomicBool>,
 }
 
 impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
@@ -240,6 +257,7 @@ impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
            + Send
            + 'static {
         let (index, url, mut grpc) = (self.index, self.url.clone(), self.grpc.clone());
+        let no_batches = self.no_batches.clone();
         async move {
             let now = Instant::now();
             let budget = |d: Instant| {
@@ -252,19 +270,44 @@ impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
                 .max()
                 .unwrap_or_default();
             let batch = SharedShardRankBatch {
-                items: items
-                    .into_iter()
-                    .map(|((request, trace), d)| SharedBatchItem {
-                        request,
-                        timeout_us: budget(d).as_micros() as u64,
-                        traceparent: trace.header(),
-                    })
-                    .collect(),
+                items: Arc::new(
+                    items
+                        .into_iter()
+                        .map(|((request, trace), d)| SharedBatchItem {
+                            request,
+                            timeout_us: budget(d).as_micros() as u64,
+                            traceparent: trace.header(),
+                        })
+                        .collect(),
+                ),
             };
-            let mut request = tonic::Request::new(batch);
-            request.set_timeout(timeout);
-            let res = tokio::time::timeout(timeout, shard_unary(&mut grpc, request)).await;
-            let results = answered(index, &url, timeout, res.map(|r| r.map(|r| r.into_inner())))?;
+            let items = batch.items.clone();
+            let g = &mut grpc;
+            let res = call_replica(
+                index,
+                &url,
+                batch,
+                timeout,
+                TraceContext::new_root(),
+                move |r| async move { shard_unary(g, r).await },
+            )
+            .await;
+            let results = match res {
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    if !no_batches.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(shard = index, url = %url, "replica does not serve RankBatch (an older binary?): its calls go one by one");
+                    }
+                    let alone = items.iter().map(|item| {
+                        let left = (now + Duration::from_micros(item.timeout_us))
+                            .saturating_duration_since(Instant::now());
+                        let trace = TraceContext::parse(&item.traceparent)
+                            .unwrap_or_else(TraceContext::new_root);
+                        rank_alone(grpc.clone(), index, &url, item.request.clone(), left, trace)
+                    });
+                    return Ok(futures_util::future::join_all(alone).await);
+                }
+                other => other?,
+            };
             Ok(results
                 .results
                 .into_iter()

@@ -340,12 +340,14 @@ impl SharedBatchItem {
 /// stands for (tested).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SharedShardRankBatch {
-    pub items: Vec<SharedBatchItem>,
+    /// Shared, so that the sender keeps the items the call consumes (to send them one by
+    /// one to a shard that does not serve RankBatch).
+    pub items: Arc<Vec<SharedBatchItem>>,
 }
 
 impl Message for SharedShardRankBatch {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        for item in &self.items {
+        for item in self.items.iter() {
             encode_key(1, WireType::LengthDelimited, buf);
             encode_varint(item.encoded_len() as u64, buf);
             item.encode_fields(buf);
@@ -362,7 +364,7 @@ impl Message for SharedShardRankBatch {
         if tag == 1 {
             let mut item = v1::ShardRankBatchItem::default();
             prost::encoding::message::merge(wire_type, &mut item, buf, ctx)?;
-            self.items.push(SharedBatchItem {
+            Arc::make_mut(&mut self.items).push(SharedBatchItem {
                 request: item.request.unwrap_or_default().into(),
                 timeout_us: item.timeout_us,
                 traceparent: item.traceparent,
@@ -384,7 +386,7 @@ impl Message for SharedShardRankBatch {
     }
 
     fn clear(&mut self) {
-        self.items.clear();
+        self.items = Arc::default();
     }
 }
 
@@ -651,15 +653,17 @@ mod tests {
                     .collect(),
             };
             let shared = SharedShardRankBatch {
-                items: owned
-                    .items
-                    .iter()
-                    .map(|i| SharedBatchItem {
-                        request: i.request.clone().unwrap().into(),
-                        timeout_us: i.timeout_us,
-                        traceparent: i.traceparent.clone(),
-                    })
-                    .collect(),
+                items: Arc::new(
+                    owned
+                        .items
+                        .iter()
+                        .map(|i| SharedBatchItem {
+                            request: i.request.clone().unwrap().into(),
+                            timeout_us: i.timeout_us,
+                            traceparent: i.traceparent.clone(),
+                        })
+                        .collect(),
+                ),
             };
             let mut bytes = Vec::new();
             shared.clone().encode_into(&mut bytes);
