@@ -199,24 +199,9 @@ fn decode_with_nested<M: Message + Default>(
     if len > buf.len() as u64 {
         return Err(WireError::Truncated);
     }
-    let (mut inner, rest) = buf.split_at(len as usize);
+    let (inner, rest) = buf.split_at(len as usize);
     *buf = rest;
-    let mut msg = M::default();
-    while !inner.is_empty() {
-        let (tag, wire_type) = decode_key(&mut inner)?;
-        if tag == 1 && wire_type == WireType::LengthDelimited {
-            let n = decode_varint(&mut inner)?;
-            if n > inner.len() as u64 {
-                return Err(WireError::Truncated);
-            }
-            let (payload, after) = inner.split_at(n as usize);
-            first(payload, &mut msg)?;
-            inner = after;
-        } else {
-            msg.merge_field(tag, wire_type, &mut inner, DecodeContext::default())?;
-        }
-    }
-    Ok(msg)
+    decode_with_field(inner, 1, first, || WireError::Truncated)
 }
 
 /// A `ShardRankRequest` whose candidate ids are shared rather than owned. The
@@ -442,23 +427,36 @@ where
 /// Decodes `bytes` as an `M`: the packed form of field `ids_tag` through `packed`,
 /// every other field (and an unpacked `ids_tag`) through prost.
 fn decode_with_ids<M: Message + Default>(
-    mut buf: &[u8],
+    buf: &[u8],
     ids_tag: u32,
     packed: impl Fn(&[u8], &mut M) -> Result<(), WireError>,
 ) -> Result<M, WireError> {
+    decode_with_field(buf, ids_tag, packed, || {
+        WireError::Ids("length beyond the message")
+    })
+}
+
+/// Decodes `buf` as an `M`: the payload of length-delimited field `tag` through `field`
+/// (`past_end` when its length runs past the message), every other field through prost.
+fn decode_with_field<M: Message + Default>(
+    mut buf: &[u8],
+    tag: u32,
+    field: impl Fn(&[u8], &mut M) -> Result<(), WireError>,
+    past_end: fn() -> WireError,
+) -> Result<M, WireError> {
     let mut msg = M::default();
     while !buf.is_empty() {
-        let (tag, wire_type) = decode_key(&mut buf)?;
-        if tag == ids_tag && wire_type == WireType::LengthDelimited {
+        let (t, wire_type) = decode_key(&mut buf)?;
+        if t == tag && wire_type == WireType::LengthDelimited {
             let len = decode_varint(&mut buf)?;
             if len > buf.len() as u64 {
-                return Err(WireError::Ids("length beyond the message"));
+                return Err(past_end());
             }
             let (payload, rest) = buf.split_at(len as usize);
-            packed(payload, &mut msg)?;
+            field(payload, &mut msg)?;
             buf = rest;
         } else {
-            msg.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
+            msg.merge_field(t, wire_type, &mut buf, DecodeContext::default())?;
         }
     }
     Ok(msg)
