@@ -229,46 +229,6 @@ async fn coalesced_requests_are_answered_as_they_are_alone_and_without_coalescin
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_pass_the_shards_admission_limit_as_rank_calls_do() {
-    let c = Cluster::start(1, &["--corpus", "tiny", "--max-in-flight", "1"]).await;
-    let facts = Facts::of("tiny", 42);
-    let shard = shardrank_tests::channel(&c.shard_urls[0]).await;
-    let ids: Vec<u64> = facts.tweets.iter().copied().cycle().take(200_000).collect();
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..6 {
-        let mut client = ShardClient::new(shard.clone()).max_encoding_message_size(64 << 20);
-        let batch = ShardRankBatchRequest {
-            items: vec![ShardRankBatchItem {
-                request: Some(ShardRankRequest {
-                    shard_index: 0,
-                    num_shards: 1,
-                    candidate_ids: ids.clone(),
-                    heavy_count: 100,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-        };
-        calls.spawn(async move { client.rank_batch(batch).await.map(|r| r.into_inner()) });
-    }
-    let (mut ok, mut shed) = (0, 0);
-    while let Some(r) = calls.join_next().await {
-        match r.unwrap() {
-            Ok(b) => {
-                assert_eq!(b.results[0].code, 0, "{}", b.results[0].message);
-                ok += 1;
-            }
-            Err(s) => {
-                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-                assert!(s.message().contains("--max-in-flight"), "{}", s.message());
-                shed += 1;
-            }
-        }
-    }
-    assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
-}
-
 /// A real shard, in this process (the tiny corpus' only partition), whose server does not
 /// know RankBatch, as a binary from before it: RankBatch calls are routed to a method it
 /// does not have, and answered UNIMPLEMENTED by tonic.

@@ -1,13 +1,16 @@
 //! Bad input and overload at the door: requests too large or too many candidates are
 //! refused clearly and lose nothing; a cancelled request cancels its fan-out; a shard
-//! at its in-flight limit sheds at once; a minimum coverage turns a thin answer into
-//! UNAVAILABLE.
+//! at its in-flight limit sheds at once (Rank and RankBatch calls alike); a minimum
+//! coverage turns a thin answer into UNAVAILABLE.
 
 use shardrank_proto::v1::shard_client::ShardClient;
-use shardrank_proto::v1::{RankRequest, ShardRankRequest};
+use shardrank_proto::v1::{
+    RankRequest, ShardRankBatchItem, ShardRankBatchRequest, ShardRankRequest,
+};
 use shardrank_tests::corpus_facts::Facts;
 use shardrank_tests::{http_get, metric, Cluster};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn request(facts: &Facts, ids: Vec<u64>) -> RankRequest {
@@ -155,15 +158,21 @@ async fn below_the_minimum_coverage_a_request_fails_unavailable() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_at_its_in_flight_limit_sheds_at_once() {
+/// Six large calls at once to a shard that admits one at a time: each is answered
+/// (`call` checks the answer) or refused at once with RESOURCE_EXHAUSTED naming the
+/// flag, and both happen. Returns the cluster and the count refused.
+async fn at_a_shards_limit<F, Fut>(call: F) -> (Cluster, u32)
+where
+    F: Fn(ShardClient<Channel>, ShardRankRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
     let c = Cluster::start(1, &["--corpus", "tiny", "--max-in-flight", "1"]).await;
     let facts = Facts::of("tiny", 42);
     let shard = shardrank_tests::channel(&c.shard_urls[0]).await;
     let ids: Vec<u64> = facts.tweets.iter().copied().cycle().take(200_000).collect();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..6 {
-        let mut client = ShardClient::new(shard.clone()).max_encoding_message_size(64 << 20);
+        let client = ShardClient::new(shard.clone()).max_encoding_message_size(64 << 20);
         let req = ShardRankRequest {
             shard_index: 0,
             num_shards: 1,
@@ -171,9 +180,10 @@ async fn a_shard_at_its_in_flight_limit_sheds_at_once() {
             heavy_count: 100,
             ..Default::default()
         };
+        let answer = call(client, req);
         calls.spawn(async move {
             let t0 = Instant::now();
-            (client.rank(req).await.map(|_| ()), t0.elapsed())
+            (answer.await, t0.elapsed())
         });
     }
     let (mut ok, mut shed) = (0, 0);
@@ -189,11 +199,35 @@ async fn a_shard_at_its_in_flight_limit_sheds_at_once() {
         }
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    (c, shed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_at_its_in_flight_limit_sheds_at_once() {
+    let (c, shed) =
+        at_a_shards_limit(|mut client, req| async move { client.rank(req).await.map(|_| ()) })
+            .await;
     let (_, m) = http_get(&format!("{}/metrics", c.shard_admin[0])).await;
     assert_eq!(
         metric(&m, "shardrank_shard_requests_shed_total"),
         Some(shed as f64)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_pass_the_shards_admission_limit_as_rank_calls_do() {
+    at_a_shards_limit(|mut client, req| async move {
+        let batch = ShardRankBatchRequest {
+            items: vec![ShardRankBatchItem {
+                request: Some(req),
+                ..Default::default()
+            }],
+        };
+        let b = client.rank_batch(batch).await?.into_inner();
+        assert_eq!(b.results[0].code, 0, "{}", b.results[0].message);
+        Ok(())
+    })
+    .await;
 }
 
 /// A client that sends hand-made bytes, to reach the servers' decoders with damage a
