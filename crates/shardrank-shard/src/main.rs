@@ -107,7 +107,7 @@ async fn main() -> ExitCode {
     let (health, health_service) =
         serving::health(shardrank_proto::SHARD_SERVICE, Some(admin)).await;
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
-    tracing::info!(listen = %cfg.listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), "shard starting: loading partition");
+    tracing::info!(listen = %cfg.listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), heavy_kernel = shardrank_core::model::heavy::kernel_name(), "shard starting: loading partition");
     // (On aarch64 fused multiply-adds are always in hardware.)
     if cfg!(target_arch = "x86_64") && !shardrank_core::model::heavy::hardware_fma() {
         tracing::warn!("this CPU has no AVX2+FMA: the heavy ranker runs its portable path, whose fused multiply-adds are software (same scores, many times slower)");

@@ -23,14 +23,57 @@ pub const HEADS: [&str; 4] = ["like", "retweet", "reply", "negative_feedback"];
 pub const DEFAULT_HEAD_WEIGHTS: [f32; 4] = [0.5, 1.0, 13.5, -74.0];
 const BLOCK: usize = 8;
 
-/// Whether scoring runs the AVX2+FMA kernels (else the portable path: the same bits,
-/// with software fused multiply-adds on x86 CPUs without FMA).
+/// Whether scoring runs on hardware fused multiply-adds (the AVX2+FMA or AVX-512
+/// kernels), else the portable path: the same bits, with software fused multiply-adds
+/// on x86 CPUs without FMA.
 pub fn hardware_fma() -> bool {
+    Kernel::detect() != Kernel::Portable
+}
+
+/// Which kernels score: all give the same bits (the same fused operations in the same
+/// order per output), they differ in how many lanes run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    /// AVX2 and FMA: 8 lanes.
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Avx2,
+    /// AVX-512F (with AVX2 and FMA): the hidden layers 16 lanes wide, in 32 registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return if has!("avx512f") {
+                    Kernel::Avx512
+                } else {
+                    Kernel::Avx2
+                };
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// The kernel's name, for the shard's start-up log.
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2+fma",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => "avx512f",
+        }
+    }
+}
+
+/// The name of the kernel this CPU scores with (`portable`, `avx2+fma` or `avx512f`).
+pub fn kernel_name() -> &'static str {
+    Kernel::detect().name()
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -211,11 +254,65 @@ unsafe fn dense_relu_fixed_fma<const NIN: usize, const NOUT: usize>(
     }
 }
 
+/// [`dense_relu_fixed`] in AVX-512 registers: a group's MR rows by 64 outputs are 16
+/// accumulators of 16 lanes (of 32 registers), so each weight row is loaded once per
+/// group and the two FMA ports have 16 independent sums to interleave. The same fused
+/// operations in the same order: the same bits.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dense_relu_fixed_avx512<const NIN: usize, const NOUT: usize>(
+    x: &[[[f32; NIN]; MR]],
+    w: &[[f32; NOUT]],
+    b: &[f32; NOUT],
+    out: &mut [[[f32; NOUT]; MR]],
+) {
+    use core::arch::x86_64::*;
+    /// Lanes per register, and registers per row of a 64-output block.
+    const L: usize = 16;
+    const Q: usize = 4;
+    const { assert!(NOUT.is_multiple_of(L * Q)) };
+    let w: &[[f32; NOUT]; NIN] = w.try_into().expect("NIN rows");
+    let zero = _mm512_setzero_ps();
+    for (xg, og) in x.iter().zip(out.iter_mut()) {
+        for jb in 0..NOUT / (L * Q) {
+            let j0 = jb * L * Q;
+            // SAFETY (all loads and stores): j0 + 64 <= NOUT, so the four 16-lane
+            // registers are inside the NOUT-wide rows.
+            let bias: [__m512; Q] =
+                std::array::from_fn(|q| unsafe { _mm512_loadu_ps(b.as_ptr().add(j0 + q * L)) });
+            let mut acc = [bias; MR];
+            for (k, wk) in w.iter().enumerate() {
+                let wv: [__m512; Q] = std::array::from_fn(|q| unsafe {
+                    _mm512_loadu_ps(wk.as_ptr().add(j0 + q * L))
+                });
+                for r in 0..MR {
+                    let xv = _mm512_set1_ps(xg[r][k]);
+                    for q in 0..Q {
+                        acc[r][q] = _mm512_fmadd_ps(xv, wv[q], acc[r][q]);
+                    }
+                }
+            }
+            for (o, a) in og.iter_mut().zip(&acc) {
+                for (q, &v) in a.iter().enumerate() {
+                    unsafe {
+                        _mm512_storeu_ps(o.as_mut_ptr().add(j0 + q * L), _mm512_max_ps(v, zero))
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// The four head logits of up to [`BLOCK`] rows of `a2` (`h2` wide, the scratch holds
-/// BLOCK rows) with hardware FMA: two rows per register (lanes: row r's four heads,
-/// then row r+1's), so four independent sums run at once where row by row each head
-/// was a chain of h2 dependent multiply-adds. Each lane sums bias, then inputs in
-/// order, fused: the portable loop's bits.
+/// BLOCK rows) with hardware FMA: a row's four heads in one 4-lane register, the
+/// block's rows as independent sums, so the FMA ports are kept busy (a head is a
+/// chain of h2 dependent multiply-adds) and the input needs only a broadcast load,
+/// no shuffle (two rows per 8-lane register took three shuffles per multiply-add, and
+/// the shuffle port bound the heads). Each lane sums bias, then inputs in order,
+/// fused: the portable loop's bits.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
@@ -225,43 +322,40 @@ unsafe fn heads_fma(a2: &[f32], h2: usize, w3: &[f32], b3: [f32; 4], logits: &mu
     use core::arch::x86_64::*;
     assert!(a2.len() >= BLOCK * h2 && w3.len() >= 4 * h2 && logits.len() <= BLOCK);
     let b = _mm_loadu_ps(b3.as_ptr());
-    let mut acc = [_mm256_set_m128(b, b); BLOCK / 2];
+    let mut acc = [b; BLOCK];
     for k in 0..h2 {
-        // SAFETY: 4 * k + 4 <= w3.len(), asserted above.
+        // SAFETY: 4 * k + 4 <= w3.len() and r * h2 + k < BLOCK * h2 <= a2.len(),
+        // asserted above.
         let w = unsafe { _mm_loadu_ps(w3.as_ptr().add(4 * k)) };
-        let w = _mm256_set_m128(w, w);
         // Rows past `logits.len()` sum stale scratch and are never stored.
-        for (p, a) in acc.iter_mut().enumerate() {
-            let lo = _mm_set1_ps(a2[2 * p * h2 + k]);
-            let hi = _mm_set1_ps(a2[(2 * p + 1) * h2 + k]);
-            *a = _mm256_fmadd_ps(_mm256_set_m128(hi, lo), w, *a);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let x = _mm_set1_ps(unsafe { *a2.get_unchecked(r * h2 + k) });
+            *a = _mm_fmadd_ps(x, w, *a);
         }
     }
-    for (r, l) in logits.iter_mut().enumerate() {
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: 8 floats into an 8-float array.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r / 2]) };
-        let half = (r % 2) * 4;
-        l.copy_from_slice(&lanes[half..half + 4]);
+    for (l, a) in logits.iter_mut().zip(&acc) {
+        // SAFETY: 4 floats into a 4-float array.
+        unsafe { _mm_storeu_ps(l.as_mut_ptr(), *a) };
     }
 }
 
-/// The fixed-shape layer: in registers with hardware FMA when `hw_fma`, else portable.
+/// The fixed-shape layer on `kernel`.
 #[inline(always)]
 fn fixed<const NIN: usize, const NOUT: usize>(
-    hw_fma: bool,
+    kernel: Kernel,
     x: &[[[f32; NIN]; MR]],
     w: &[[f32; NOUT]],
     b: &[f32; NOUT],
     out: &mut [[[f32; NOUT]; MR]],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if hw_fma {
-        // SAFETY: `hw_fma` is only set under the dispatch's AVX2 and FMA check.
-        return unsafe { dense_relu_fixed_fma(x, w, b, out) };
+    match kernel {
+        // SAFETY: a kernel is only chosen under its CPU check ([`Kernel::detect`]).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { dense_relu_fixed_fma(x, w, b, out) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { dense_relu_fixed_avx512(x, w, b, out) },
+        Kernel::Portable => dense_relu_fixed(x, w, b, out),
     }
-    let _ = hw_fma;
-    dense_relu_fixed(x, w, b, out)
 }
 
 /// The hidden width the default model has and the fixed-shape kernel is built for.
@@ -306,20 +400,34 @@ impl HeavyModel {
     pub fn heads(&self, x: &[f32; NUM_FEATURES]) -> [f32; 4] {
         let mut s = Scratch::default();
         let mut logits = [[0.0f32; 4]; 1];
-        self.forward_block(x, 1, &mut s, &mut logits, false);
+        self.forward_block(x, 1, &mut s, &mut logits, Kernel::Portable);
         logits[0].map(sigmoid)
     }
 
     /// Scores `xs` (a row of NUM_FEATURES per candidate) into `out`.
     pub fn score_batch(&self, xs: &[[f32; NUM_FEATURES]], out: &mut [f32], scratch: &mut Scratch) {
         assert_eq!(xs.len(), out.len());
-        #[cfg(target_arch = "x86_64")]
-        if hardware_fma() {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above. The fused
-            // multiply-adds give the portable path's bits, 8 lanes at a time.
-            return unsafe { self.score_batch_avx2(xs, out, scratch) };
+        self.score_batch_on(Kernel::detect(), xs, out, scratch)
+    }
+
+    /// Scores on `kernel`, which must be one this CPU has ([`Kernel::detect`] or
+    /// below it).
+    fn score_batch_on(
+        &self,
+        kernel: Kernel,
+        xs: &[[f32; NUM_FEATURES]],
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        match kernel {
+            // SAFETY: the CPU has the kernel's features. The fused multiply-adds give
+            // the portable path's bits, 8 or 16 lanes at a time.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { self.score_batch_avx2(xs, out, scratch) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { self.score_batch_avx512(xs, out, scratch) },
+            Kernel::Portable => self.score_batch_impl(xs, out, scratch, Kernel::Portable),
         }
-        self.score_batch_impl(xs, out, scratch, false)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -330,22 +438,34 @@ impl HeavyModel {
         out: &mut [f32],
         scratch: &mut Scratch,
     ) {
-        self.score_batch_impl(xs, out, scratch, true)
+        self.score_batch_impl(xs, out, scratch, Kernel::Avx2)
     }
 
-    /// `hw_fma`: the caller runs with AVX2 and FMA enabled (checked at dispatch).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn score_batch_avx512(
+        &self,
+        xs: &[[f32; NUM_FEATURES]],
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        self.score_batch_impl(xs, out, scratch, Kernel::Avx512)
+    }
+
+    /// Inlined into each kernel's `target_feature` function, so that the whole batch
+    /// loop is compiled for that kernel's instructions.
     #[inline(always)]
     fn score_batch_impl(
         &self,
         xs: &[[f32; NUM_FEATURES]],
         out: &mut [f32],
         scratch: &mut Scratch,
-        hw_fma: bool,
+        kernel: Kernel,
     ) {
         let mut logits = [[0.0f32; 4]; BLOCK];
         for (xb, ob) in xs.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
             let rows = xb.len();
-            self.forward_block(xb.as_flattened(), rows, scratch, &mut logits, hw_fma);
+            self.forward_block(xb.as_flattened(), rows, scratch, &mut logits, kernel);
             for (o, l) in ob.iter_mut().zip(&logits[..rows]) {
                 let mut s = 0.0f32;
                 for (hw, &logit) in self.head_weights.iter().zip(l) {
@@ -363,7 +483,7 @@ impl HeavyModel {
         rows: usize,
         s: &mut Scratch,
         logits: &mut [[f32; 4]],
-        hw_fma: bool,
+        kernel: Kernel,
     ) {
         s.a1.resize(BLOCK * self.h1, 0.0);
         s.a2.resize(BLOCK * self.h2, 0.0);
@@ -382,20 +502,20 @@ impl HeavyModel {
             {
                 let (a1, _) = s.a1.as_chunks_mut::<FIXED_HIDDEN>();
                 let (a1, _) = a1.as_chunks_mut::<MR>();
-                fixed::<NUM_FEATURES, FIXED_HIDDEN>(hw_fma, xg, w1, b1, &mut a1[..groups]);
+                fixed::<NUM_FEATURES, FIXED_HIDDEN>(kernel, xg, w1, b1, &mut a1[..groups]);
             }
             let (a1, _) = s.a1.as_chunks::<FIXED_HIDDEN>();
             let (a1, _) = a1.as_chunks::<MR>();
             let (a2, _) = s.a2.as_chunks_mut::<FIXED_HIDDEN>();
             let (a2, _) = a2.as_chunks_mut::<MR>();
-            fixed::<FIXED_HIDDEN, FIXED_HIDDEN>(hw_fma, &a1[..groups], w2, b2, &mut a2[..groups]);
+            fixed::<FIXED_HIDDEN, FIXED_HIDDEN>(kernel, &a1[..groups], w2, b2, &mut a2[..groups]);
         } else {
             dense_relu(x, rows, NUM_FEATURES, &self.w1, &self.b1, &mut s.a1);
             dense_relu(&s.a1, rows, self.h1, &self.w2, &self.b2, &mut s.a2);
         }
         #[cfg(target_arch = "x86_64")]
-        if hw_fma {
-            // SAFETY: `hw_fma` is only set under the dispatch's AVX2 and FMA check.
+        if kernel != Kernel::Portable {
+            // SAFETY: both vector kernels are only chosen on CPUs with AVX2 and FMA.
             unsafe { heads_fma(&s.a2, self.h2, &self.w3, self.b3, &mut logits[..rows]) };
             return;
         }
@@ -543,7 +663,7 @@ mod tests {
         let flat = xs.as_flattened();
         let mut s = Scratch::default();
         let mut fixed = [[0.0f32; 4]; 8];
-        m.forward_block(flat, 7, &mut s, &mut fixed, false);
+        m.forward_block(flat, 7, &mut s, &mut fixed, Kernel::Portable);
         // The generic kernel on the same rows.
         let mut a1 = vec![0.0; BLOCK * 64];
         let mut a2 = vec![0.0; BLOCK * 64];
@@ -558,17 +678,39 @@ mod tests {
         );
     }
 
+    /// Every kernel this CPU has (the detected one and those below it) gives the
+    /// portable bits.
     #[test]
-    fn simd_dispatch_gives_the_portable_bits() {
+    fn every_kernel_gives_the_portable_bits() {
         let m = super::super::defaults::heavy();
         // 61: a last block of 5 rows, an odd one out in the two-rows-per-register heads.
         let xs = rows(61, 3);
-        let (mut a, mut b) = (vec![0.0; 61], vec![0.0; 61]);
-        m.score_batch(&xs, &mut a, &mut Scratch::default());
-        m.score_batch_impl(&xs, &mut b, &mut Scratch::default(), false);
+        let mut want = vec![0.0; 61];
+        m.score_batch_on(Kernel::Portable, &xs, &mut want, &mut Scratch::default());
+        let detected = Kernel::detect();
+        #[cfg(target_arch = "x86_64")]
+        let kernels = match detected {
+            Kernel::Avx512 => vec![Kernel::Avx2, Kernel::Avx512],
+            Kernel::Avx2 => vec![Kernel::Avx2],
+            Kernel::Portable => vec![],
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let kernels: Vec<Kernel> = vec![];
+        eprintln!("kernels beside the portable one: {kernels:?} (detected {detected:?})");
+        for kernel in kernels {
+            let mut got = vec![0.0; 61];
+            m.score_batch_on(kernel, &xs, &mut got, &mut Scratch::default());
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{kernel:?}"
+            );
+        }
+        let mut dispatched = vec![0.0; 61];
+        m.score_batch(&xs, &mut dispatched, &mut Scratch::default());
         assert_eq!(
-            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            dispatched.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
     }
 
