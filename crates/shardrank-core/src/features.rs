@@ -207,22 +207,37 @@ pub mod light_parts {
         /// The scores of the candidates in push order, into `out[..len]`.
         pub fn score(&self, m: &LightModel, out: &mut [f32; BATCH]) {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked just above).
-                unsafe { self.score_avx2(m, out) };
-                return;
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    unsafe { self.score_avx512(m, out) };
+                    return;
+                }
+                if has!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    unsafe { self.score_avx2(m, out) };
+                    return;
+                }
             }
             self.score_plain(m, out);
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
-        unsafe fn score_avx2(&self, m: &LightModel, out: &mut [f32; BATCH]) {
+        pub(super) unsafe fn score_avx2(&self, m: &LightModel, out: &mut [f32; BATCH]) {
+            self.score_plain(m, out)
+        }
+
+        /// The same loop in 16 lanes.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2")]
+        pub(super) unsafe fn score_avx512(&self, m: &LightModel, out: &mut [f32; BATCH]) {
             self.score_plain(m, out)
         }
 
         #[inline(always)]
-        fn score_plain(&self, m: &LightModel, out: &mut [f32; BATCH]) {
+        pub(super) fn score_plain(&self, m: &LightModel, out: &mut [f32; BATCH]) {
             // All BATCH lanes, whatever `len`: a fixed trip count vectorises cleanly,
             // and the lanes past `len` are ignored.
             for (i, o) in out.iter_mut().enumerate() {
@@ -304,12 +319,33 @@ pub fn extract_batch(
 ) {
     assert!(posts.len() == followed.len() && posts.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { extract_batch_avx2(posts, followed, user, now_ms, out) };
-        return;
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            unsafe { extract_batch_avx512(posts, followed, user, now_ms, out) };
+            return;
+        }
+        if has!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { extract_batch_avx2(posts, followed, user, now_ms, out) };
+            return;
+        }
     }
     extract_batch_plain(posts, followed, user, now_ms, out);
+}
+
+/// The same loops in 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn extract_batch_avx512(
+    posts: &[PostView],
+    followed: &[bool],
+    user: &UserView,
+    now_ms: i64,
+    out: &mut [[f32; NUM_FEATURES]],
+) {
+    extract_batch_plain(posts, followed, user, now_ms, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -397,6 +433,58 @@ fn extract_batch_plain(
 mod tests {
     use super::*;
 
+    /// The light score of a full batch is the same bits on every path this CPU has
+    /// (the portable loop, AVX2, AVX-512): shards on different CPUs rank alike.
+    #[test]
+    fn light_score_paths_agree_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(11);
+        let m = crate::model::defaults::light();
+        let user = UserView {
+            known: true,
+            lang: 3,
+            interests: vec![(1, 0.5), (4, 0.25)],
+        };
+        let now = 1_700_000_000_000i64;
+        let mut parts = light_parts::Batch::default();
+        while !parts.is_full() {
+            let followers = (r.next_u64() >> (34 + r.below(30))) as u32;
+            parts.push(
+                &m,
+                r.f64() as f32 - 0.5,
+                light_parts::author(&m, followers, r.below(5000) as u32),
+                // From in the future (age 0) to a year old.
+                now - r.below(365 * 86_400_000) as i64 + 3_600_000,
+                r.below(5) as Lang,
+                r.below(2) == 0,
+                r.below(6) as u32,
+                r.below(3) == 0,
+                light_parts::velocity(&m, r.below(200) as u32),
+                &user,
+                now,
+            );
+        }
+        let bits = |s: [f32; light_parts::BATCH]| s.map(f32::to_bits);
+        let mut want = [0.0; light_parts::BATCH];
+        parts.score_plain(&m, &mut want);
+        let mut got = [0.0; light_parts::BATCH];
+        parts.score(&m, &mut got);
+        assert_eq!(bits(got), bits(want), "dispatched");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") {
+                // SAFETY: checked just above.
+                unsafe { parts.score_avx2(&m, &mut got) };
+                assert_eq!(bits(got), bits(want), "avx2");
+            }
+            if has!("avx512f") {
+                // SAFETY: checked just above.
+                unsafe { parts.score_avx512(&m, &mut got) };
+                assert_eq!(bits(got), bits(want), "avx512");
+            }
+        }
+    }
+
     #[test]
     fn batch_extraction_equals_one_at_a_time_bit_for_bit() {
         let mut r = crate::rng::Rng::new(3);
@@ -423,23 +511,47 @@ mod tests {
             })
             .collect();
         let followed: Vec<bool> = (0..posts.len()).map(|i| i % 4 == 0).collect();
-        let mut batch = vec![[0.0f32; NUM_FEATURES]; posts.len()];
-        extract_batch(&posts, &followed, &user, now, &mut batch);
-        let mut plain = vec![[0.0f32; NUM_FEATURES]; posts.len()];
-        extract_batch_plain(&posts, &followed, &user, now, &mut plain);
+        // Every path this CPU has: dispatched, portable, AVX2, AVX-512.
+        let run = |f: &dyn Fn(&mut [[f32; NUM_FEATURES]])| {
+            let mut out = vec![[0.0f32; NUM_FEATURES]; posts.len()];
+            f(&mut out);
+            out
+        };
+        let mut paths = vec![
+            (
+                "dispatched",
+                run(&|o| extract_batch(&posts, &followed, &user, now, o)),
+            ),
+            (
+                "plain",
+                run(&|o| extract_batch_plain(&posts, &followed, &user, now, o)),
+            ),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") {
+                // SAFETY: checked just above.
+                let f = |o: &mut _| unsafe { extract_batch_avx2(&posts, &followed, &user, now, o) };
+                paths.push(("avx2", run(&f)));
+            }
+            if has!("avx512f") {
+                // SAFETY: checked just above.
+                let f =
+                    |o: &mut _| unsafe { extract_batch_avx512(&posts, &followed, &user, now, o) };
+                paths.push(("avx512", run(&f)));
+            }
+        }
         for (i, (post, &f)) in posts.iter().zip(&followed).enumerate() {
             let mut one = [0.0f32; NUM_FEATURES];
             extract(post, f, &user, now, &mut one);
-            assert_eq!(
-                one.map(f32::to_bits),
-                batch[i].map(f32::to_bits),
-                "candidate {i}"
-            );
-            assert_eq!(
-                one.map(f32::to_bits),
-                plain[i].map(f32::to_bits),
-                "candidate {i}"
-            );
+            for (path, batch) in &paths {
+                assert_eq!(
+                    one.map(f32::to_bits),
+                    batch[i].map(f32::to_bits),
+                    "{path}: candidate {i}"
+                );
+            }
         }
     }
 
