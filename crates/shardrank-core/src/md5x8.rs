@@ -135,6 +135,40 @@ macro_rules! md5_steps {
     }};
 }
 
+/// `compress2` and `compress2_regs` of a register module ([`avx2`], [`avx512`]): two
+/// blocks of eight lanes in 256-bit registers, over that module's `step`, `ff`, `gg`,
+/// `hh` and `ii`, compiled for its target `features`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! compress2_fns {
+    ($features:literal) => {
+        /// Two blocks of eight lanes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) fn compress2(m: &[[V; 16]; 2]) -> [[V; 4]; 2] {
+            // SAFETY (both blocks): V is [u32; 8], 32 bytes; unaligned loads.
+            let load = |v: &V| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
+            compress2_regs(std::array::from_fn(|w| [load(&m[0][w]), load(&m[1][w])]))
+        }
+
+        /// Two blocks of eight lanes, message words in registers.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) fn compress2_regs(m: [Y; 16]) -> [[V; 4]; 2] {
+            let init = |i: usize| [_mm256_set1_epi32(super::INIT[i] as i32); 2];
+            let (a, b, c, d) = md5_steps!(m, (init(0), init(1), init(2), init(3)));
+            let mut out = [[[0u32; LANES]; 4]; 2];
+            for (i, v) in [a, b, c, d].into_iter().enumerate() {
+                for (blk, o) in out.iter_mut().enumerate() {
+                    let sum = _mm256_add_epi32(v[blk], init(i)[blk]);
+                    // SAFETY: V is [u32; 8], 32 bytes; an unaligned store.
+                    unsafe { _mm256_storeu_si256(o[i].as_mut_ptr() as *mut __m256i, sum) };
+                }
+            }
+            out
+        }
+    };
+}
+
 /// The compression of eight one-block messages `m` (16 words per lane), unrolled.
 #[inline(always)]
 fn compress(m: &[V; 16]) -> [V; 4] {
@@ -210,30 +244,7 @@ mod avx2 {
         [one(a[0], b[0], f[0], mg[0]), one(a[1], b[1], f[1], mg[1])]
     }
 
-    /// Two blocks of eight lanes.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) fn compress2(m: &[[V; 16]; 2]) -> [[V; 4]; 2] {
-        // SAFETY (both blocks): V is [u32; 8], 32 bytes; unaligned loads.
-        let load = |v: &V| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
-        compress2_regs(std::array::from_fn(|w| [load(&m[0][w]), load(&m[1][w])]))
-    }
-
-    /// Two blocks of eight lanes, message words in registers.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) fn compress2_regs(m: [Y; 16]) -> [[V; 4]; 2] {
-        let init = |i: usize| [_mm256_set1_epi32(super::INIT[i] as i32); 2];
-        let (a, b, c, d) = md5_steps!(m, (init(0), init(1), init(2), init(3)));
-        let mut out = [[[0u32; LANES]; 4]; 2];
-        for (i, v) in [a, b, c, d].into_iter().enumerate() {
-            for (blk, o) in out.iter_mut().enumerate() {
-                let sum = _mm256_add_epi32(v[blk], init(i)[blk]);
-                unsafe { _mm256_storeu_si256(o[i].as_mut_ptr() as *mut __m256i, sum) };
-            }
-        }
-        out
-    }
+    compress2_fns!("avx2");
 }
 
 /// The same compression with AVX-512's 256-bit forms (AVX-512VL): each round function
@@ -293,30 +304,7 @@ mod avx512 {
         [one(a[0], b[0], f[0], mg[0]), one(a[1], b[1], f[1], mg[1])]
     }
 
-    /// Two blocks of eight lanes.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512vl")]
-    pub(super) fn compress2(m: &[[V; 16]; 2]) -> [[V; 4]; 2] {
-        // SAFETY (both blocks): V is [u32; 8], 32 bytes; unaligned loads.
-        let load = |v: &V| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
-        compress2_regs(std::array::from_fn(|w| [load(&m[0][w]), load(&m[1][w])]))
-    }
-
-    /// Two blocks of eight lanes, message words in registers.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512vl")]
-    pub(super) fn compress2_regs(m: [Y; 16]) -> [[V; 4]; 2] {
-        let init = |i: usize| [_mm256_set1_epi32(super::INIT[i] as i32); 2];
-        let (a, b, c, d) = md5_steps!(m, (init(0), init(1), init(2), init(3)));
-        let mut out = [[[0u32; LANES]; 4]; 2];
-        for (i, v) in [a, b, c, d].into_iter().enumerate() {
-            for (blk, o) in out.iter_mut().enumerate() {
-                let sum = _mm256_add_epi32(v[blk], init(i)[blk]);
-                unsafe { _mm256_storeu_si256(o[i].as_mut_ptr() as *mut __m256i, sum) };
-            }
-        }
-        out
-    }
+    compress2_fns!("avx512f,avx512vl");
 }
 
 /// Message blocks built in registers, all lanes at once, for ids of one decimal length:
