@@ -3,7 +3,8 @@
 //! A decimal u64 is at most 20 bytes, so its MD5 is one 64-byte block. Eight blocks go
 //! through the 64 steps side by side, one lane each: portably as lane loops over arrays
 //! that LLVM turns into SSE2, and with AVX2 (when the CPU has it) as two blocks of eight
-//! in 256-bit registers. The digits are built in registers, lane by lane
+//! in 256-bit registers, with AVX-512VL's one-instruction round functions and rotations
+//! when it has those. The digits are built in registers, lane by lane
 //! (`decimal_words`), or with AVX2 for all lanes at once when sixteen ids share a
 //! decimal length (`uniform`, the usual case), and the shard taken by a division-free
 //! remainder (`Modulus`). Integer arithmetic: every path gives the same digest as the
