@@ -7,6 +7,7 @@
 
 use crate::fastmath;
 use crate::lang::{Lang, UNKNOWN};
+use crate::simd::Simd;
 
 pub const NUM_FEATURES: usize = 18;
 
@@ -206,21 +207,14 @@ pub mod light_parts {
 
         /// The scores of the candidates in push order, into `out[..len]`.
         pub fn score(&self, m: &LightModel, out: &mut [f32; BATCH]) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    unsafe { self.score_avx512(m, out) };
-                    return;
-                }
-                if has!("avx2") {
-                    // SAFETY: the CPU has AVX2 (checked just above).
-                    unsafe { self.score_avx2(m, out) };
-                    return;
-                }
+            match Simd::detect() {
+                // SAFETY: the CPU has the level's features (`Simd::detect`).
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { self.score_avx512(m, out) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { self.score_avx2(m, out) },
+                Simd::Portable => self.score_plain(m, out),
             }
-            self.score_plain(m, out);
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -318,21 +312,14 @@ pub fn extract_batch(
     out: &mut [[f32; NUM_FEATURES]],
 ) {
     assert!(posts.len() == followed.len() && posts.len() == out.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            unsafe { extract_batch_avx512(posts, followed, user, now_ms, out) };
-            return;
-        }
-        if has!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { extract_batch_avx2(posts, followed, user, now_ms, out) };
-            return;
-        }
+    match Simd::detect() {
+        // SAFETY: the CPU has the level's features (`Simd::detect`).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { extract_batch_avx512(posts, followed, user, now_ms, out) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { extract_batch_avx2(posts, followed, user, now_ms, out) },
+        Simd::Portable => extract_batch_plain(posts, followed, user, now_ms, out),
     }
-    extract_batch_plain(posts, followed, user, now_ms, out);
 }
 
 /// The same loops in 16 lanes.

@@ -20,5 +20,6 @@ pub mod md5x8;
 pub mod model;
 pub mod rng;
 pub mod routing;
+pub mod simd;
 pub mod source;
 pub mod topk;

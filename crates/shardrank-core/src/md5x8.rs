@@ -633,19 +633,15 @@ pub fn shards(ids: &[u64], n: u32, out: &mut [u32]) {
     assert_eq!(ids.len(), out.len());
     assert!(n > 0);
     let modulus = Modulus::new(n);
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("avx512f") && has!("avx512vl") {
-            // SAFETY: the CPU has AVX2 and AVX-512VL, checked just above.
-            return unsafe { shards_avx512(ids, modulus, out) };
-        }
-        if has!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { shards_avx2(ids, modulus, out) };
-        }
+    use crate::simd::Simd;
+    match Simd::detect() {
+        // SAFETY: the CPU has the level's features (`Simd::detect`).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { shards_avx512(ids, modulus, out) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { shards_avx2(ids, modulus, out) },
+        Simd::Portable => shards_impl(ids, modulus, out),
     }
-    shards_impl(ids, modulus, out)
 }
 
 #[cfg(test)]

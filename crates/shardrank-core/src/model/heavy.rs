@@ -16,6 +16,9 @@ use super::file::{write, Reader};
 use super::light::check_feature_names;
 use super::{sigmoid, ModelError};
 use crate::features::{FEATURE_NAMES, NUM_FEATURES};
+/// The kernels: all give the same bits (the same fused operations in the same order per
+/// output), they differ in how many lanes run at once.
+use crate::simd::Simd as Kernel;
 use std::collections::HashMap;
 
 pub const HEADS: [&str; 4] = ["like", "retweet", "reply", "negative_feedback"];
@@ -30,48 +33,7 @@ pub fn hardware_fma() -> bool {
     Kernel::detect() != Kernel::Portable
 }
 
-/// Which kernels score: all give the same bits (the same fused operations in the same
-/// order per output), they differ in how many lanes run at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
-    Portable,
-    /// AVX2 and FMA: 8 lanes.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// AVX-512F (with AVX2 and FMA): the hidden layers 16 lanes wide, in 32 registers.
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Kernel {
-    fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                return if has!("avx512f") {
-                    Kernel::Avx512
-                } else {
-                    Kernel::Avx2
-                };
-            }
-        }
-        Kernel::Portable
-    }
-
-    /// The kernel's name, for the shard's start-up log.
-    fn name(self) -> &'static str {
-        match self {
-            Kernel::Portable => "portable",
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => "avx2+fma",
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => "avx512f",
-        }
-    }
-}
-
-/// The name of the kernel this CPU scores with (`portable`, `avx2+fma` or `avx512f`).
+/// The name of the kernel this CPU scores with (`portable`, `avx2+fma` or `avx512`).
 pub fn kernel_name() -> &'static str {
     Kernel::detect().name()
 }
