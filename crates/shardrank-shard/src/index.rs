@@ -134,6 +134,163 @@ impl IdIndex {
     }
 }
 
+/// The post index: id -> row through a 32-bit fingerprint of the id, in 8-byte slots.
+///
+/// Half the size of an [`IdIndex`] (4 MB rather than 8 for a shard of the standard
+/// corpus), so more of it stays in cache, and the row a lookup lands on holds the id
+/// anyway: the light stage reads the row next, and checks the id there. A fingerprint
+/// names the wrong row about once in four billion probes; [`Self::get`] checks each
+/// match through `id_of` and goes on probing.
+///
+/// Rows are numbered from 0 in insertion order and never removed, so the table can be
+/// rebuilt from the rows alone (it keeps no ids).
+pub struct RowIndex {
+    slots: Vec<FpSlot>,
+    mask: usize,
+    len: usize,
+    /// All ones; tests narrow it so that fingerprints collide and the checks run.
+    fp_mask: u32,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct FpSlot {
+    fp: u32,
+    /// `EMPTY` for a free slot.
+    row: u32,
+}
+
+impl Default for RowIndex {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl RowIndex {
+    /// An index with room for `n` rows before it grows.
+    pub fn with_capacity(n: usize) -> Self {
+        let slots = ((n * 10 / 7) + 1).next_power_of_two().max(16);
+        RowIndex {
+            slots: vec![FpSlot { fp: 0, row: EMPTY }; slots],
+            mask: slots - 1,
+            len: 0,
+            fp_mask: u32::MAX,
+        }
+    }
+
+    /// (home slot, fingerprint) of `id`: the low bits of one hash, and its high half.
+    #[inline(always)]
+    fn hash(&self, id: u64) -> (usize, u32) {
+        let h = mix64(id);
+        (h as usize & self.mask, (h >> 32) as u32 & self.fp_mask)
+    }
+
+    /// Hints the CPU to fetch `id`'s home slot now, for a lookup a little later.
+    #[inline(always)]
+    pub fn prefetch(&self, id: u64) {
+        prefetch(self.slots.as_ptr().wrapping_add(self.hash(id).0));
+    }
+
+    /// The first row whose fingerprint matches `id`'s (almost always `id`'s row, if it
+    /// is here), or None if none does (`id` is not here). Unchecked: the caller compares
+    /// the row's id, and on a mismatch asks [`Self::get`].
+    #[inline]
+    pub fn probable_row(&self, id: u64) -> Option<u32> {
+        let (mut i, fp) = self.hash(id);
+        loop {
+            let s = self.slots[i];
+            if s.row == EMPTY {
+                return None;
+            }
+            if s.fp == fp {
+                return Some(s.row);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// `id`'s row: each fingerprint match checked through `id_of(row)`.
+    #[inline]
+    pub fn get(&self, id: u64, id_of: impl Fn(u32) -> u64) -> Option<u32> {
+        let (mut i, fp) = self.hash(id);
+        loop {
+            let s = self.slots[i];
+            if s.row == EMPTY {
+                return None;
+            }
+            if s.fp == fp && id_of(s.row) == id {
+                return Some(s.row);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Indexes `row` (the next row: rows `0..row` are the ones already inserted or
+    /// refused) under `id`; false (and no change) if `id` has a row already.
+    pub fn insert(&mut self, id: u64, row: u32, id_of: impl Fn(u32) -> u64) -> bool {
+        debug_assert_ne!(row, EMPTY);
+        if self.get(id, &id_of).is_some() {
+            return false;
+        }
+        if (self.len + 1) * 10 > self.slots.len() * 7 {
+            self.rebuild(self.slots.len(), row, &id_of);
+        }
+        self.place(id, row);
+        true
+    }
+
+    /// Room for `additional` more rows past the first `rows`.
+    pub fn reserve(&mut self, rows: u32, additional: usize, id_of: impl Fn(u32) -> u64) {
+        let want = self.len + additional;
+        if want * 10 > self.slots.len() * 7 {
+            self.rebuild(want, rows, &id_of);
+        }
+    }
+
+    /// A free slot for `id` (not present) in its probe sequence.
+    fn place(&mut self, id: u64, row: u32) {
+        let (mut i, fp) = self.hash(id);
+        while self.slots[i].row != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = FpSlot { fp, row };
+        self.len += 1;
+    }
+
+    /// A table with room for `capacity` rows, holding rows `0..rows` again (a row whose
+    /// id an earlier row has stays out, as it did).
+    fn rebuild(&mut self, capacity: usize, rows: u32, id_of: &impl Fn(u32) -> u64) {
+        let mut into = RowIndex::with_capacity(capacity);
+        into.fp_mask = self.fp_mask;
+        for row in 0..rows {
+            let id = id_of(row);
+            if into.get(id, id_of).is_none() {
+                into.place(id, row);
+            }
+        }
+        *self = into;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<FpSlot>()
+    }
+
+    /// Fingerprints of `bits` bits only, so that they collide (tests of the checks).
+    #[cfg(test)]
+    pub fn narrow_fingerprints(&mut self, bits: u32, rows: u32, id_of: impl Fn(u32) -> u64) {
+        self.fp_mask = (1u32 << bits) - 1;
+        self.rebuild(self.len, rows, &id_of);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +322,54 @@ mod tests {
             assert_eq!(idx.get(id), reference.get(&id).copied());
         }
         assert!(idx.bytes() <= 16 * 2 * (reference.len() * 10 / 7 + 1).next_power_of_two());
+    }
+
+    /// Rows as the store numbers them (a repeated id gets no row), looked up with
+    /// fingerprints of full width and of 2 bits (every probe a collision to check).
+    #[test]
+    fn row_index_behaves_like_a_map() {
+        for bits in [32, 2] {
+            let mut r = Rng::new(9);
+            let mut ids: Vec<u64> = Vec::new();
+            let mut idx = RowIndex::default();
+            let mut reference = HashMap::new();
+            for k in 0..20_000u32 {
+                let id = if k % 3 == 0 {
+                    r.below(5000)
+                } else {
+                    r.next_u64()
+                };
+                let row = ids.len() as u32;
+                let fresh = idx.insert(id, row, |r| ids[r as usize]);
+                assert_eq!(fresh, !reference.contains_key(&id));
+                if fresh {
+                    ids.push(id);
+                    reference.insert(id, row);
+                }
+                if k == 1000 && bits < 32 {
+                    idx.narrow_fingerprints(bits, ids.len() as u32, |r| ids[r as usize]);
+                }
+            }
+            assert_eq!(idx.len(), reference.len());
+            for (&id, &row) in &reference {
+                assert_eq!(idx.get(id, |r| ids[r as usize]), Some(row));
+                if bits == 32 {
+                    assert_eq!(idx.probable_row(id), Some(row));
+                }
+            }
+            for _ in 0..1000 {
+                let id = r.next_u64();
+                assert_eq!(
+                    idx.get(id, |r| ids[r as usize]),
+                    reference.get(&id).copied()
+                );
+            }
+            // Grown to hold them, and half an IdIndex's size.
+            idx.reserve(ids.len() as u32, 100_000, |r| ids[r as usize]);
+            assert!(idx.bytes() >= 8 * 100_000 * 10 / 7);
+            for (&id, &row) in &reference {
+                assert_eq!(idx.get(id, |r| ids[r as usize]), Some(row));
+            }
+        }
     }
 }

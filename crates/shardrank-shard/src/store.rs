@@ -1,17 +1,18 @@
 //! The partition's post store: arrays indexed by row, an id-to-row index, and the
 //! author table the features read.
 //!
-//! Arrays rather than a map of heap objects: one allocation per array, about 85 bytes
-//! per post with the index. What the light ranker reads for every candidate sits in
-//! one 24-byte [`Hot`] row (one cache line, one miss); what only the heavy ranker and
-//! ingestion read stays in plain columns. Authors are kept for every user the shard
+//! Arrays rather than a map of heap objects: one allocation per array, about 100 bytes
+//! per post with the index. A candidate's lookup is two cache misses: its slot in the
+//! fingerprinted index (8 bytes), then its 32-byte [`Hot`] row, which holds what the
+//! light ranker reads and the id that confirms the match. What only the heavy ranker
+//! and ingestion read stays in plain columns. Authors are kept for every user the shard
 //! hears of (not only its partition's), so author features are global and identical on
 //! every shard.
 
 mod snapshot;
 pub use snapshot::{path as snapshot_path, SnapshotMeta};
 
-use crate::index::IdIndex;
+use crate::index::{IdIndex, RowIndex};
 use shardrank_core::events::{EngagementKind, Event, NewTweet, SocialKind};
 use shardrank_core::features::{light_parts, PostView};
 use shardrank_core::lang::Lang;
@@ -35,10 +36,13 @@ pub const APPLY_BATCH: usize = 64;
 const FLAG_MEDIA: u8 = 1;
 const FLAG_REPLY: u8 = 2;
 
-/// What the light ranker reads of a post, together.
+/// What the light ranker reads of a post, together: 32 bytes on a 32-byte boundary,
+/// so one cache line (the index lands here in one more miss, and the id here confirms
+/// the index's fingerprint match).
 #[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
+#[repr(C, align(32))]
 pub struct Hot {
+    pub id: u64,
     pub created_at: i64,
     /// The post's request-independent part of the light logit (see
     /// `features::light_parts`), kept current as engagement arrives.
@@ -125,7 +129,7 @@ pub struct IngestStats {
 pub struct PostStore {
     pub shard_index: u32,
     pub num_shards: u32,
-    index: IdIndex,
+    index: RowIndex,
     pub ids: Vec<u64>,
     pub hot: Vec<Hot>,
     pub text_len: Vec<u16>,
@@ -148,7 +152,7 @@ impl PostStore {
         PostStore {
             shard_index,
             num_shards,
-            index: IdIndex::default(),
+            index: RowIndex::default(),
             ids: Vec::new(),
             hot: Vec::new(),
             text_len: Vec::new(),
@@ -166,7 +170,9 @@ impl PostStore {
 
     /// Reserves room for about `posts` posts of this partition.
     pub fn reserve(&mut self, posts: usize) {
-        self.index.reserve(posts);
+        let hot = &self.hot;
+        self.index
+            .reserve(hot.len() as u32, posts, |r| hot[r as usize].id);
         self.ids.reserve(posts);
         self.hot.reserve(posts);
         self.text_len.reserve(posts);
@@ -218,11 +224,19 @@ impl PostStore {
 
     #[inline]
     pub fn row(&self, id: u64) -> Option<u32> {
-        self.index.get(id)
+        self.index.get(id, |r| self.hot[r as usize].id)
+    }
+
+    /// Index fingerprints of `bits` bits, so that lookups collide (tests of the checks).
+    #[cfg(test)]
+    pub fn narrow_index_fingerprints(&mut self, bits: u32) {
+        let hot = &self.hot;
+        self.index
+            .narrow_fingerprints(bits, hot.len() as u32, |r| hot[r as usize].id);
     }
 
     /// The id index, for callers that prefetch ahead of their lookups.
-    pub fn index(&self) -> &IdIndex {
+    pub fn index(&self) -> &RowIndex {
         &self.index
     }
 
@@ -254,17 +268,10 @@ impl PostStore {
         }
     }
 
-    /// Hints the CPU to fetch `row`'s hot row. A 24-byte row starting 48 or 56 bytes
-    /// into a cache line ends in the next one (a quarter of rows), and the light stage
-    /// reads its last fields, so both ends are asked for; a second hint for a line
-    /// already requested costs nothing. Measured equal to 32-byte aligned rows, which
-    /// would cost 8 bytes per post.
+    /// Hints the CPU to fetch `row`'s hot row (one cache line).
     #[inline(always)]
     pub fn prefetch_hot(&self, row: u32) {
-        use crate::index::prefetch;
-        let start = &self.hot[row as usize] as *const Hot as *const u8;
-        prefetch(start);
-        prefetch(start.wrapping_add(std::mem::size_of::<Hot>() - 1));
+        crate::index::prefetch(&self.hot[row as usize]);
     }
 
     /// Hints the CPU to fetch what [`Self::view`] of `row` reads: one entry in each of
@@ -473,7 +480,8 @@ impl PostStore {
             return;
         }
         let row = self.ids.len() as u32;
-        if !self.index.insert(t.id, row) {
+        let hot = &self.hot;
+        if !self.index.insert(t.id, row, |r| hot[r as usize].id) {
             // Replayed event: applying it twice must not change anything.
             self.stats.duplicate_posts += 1;
             return;
@@ -485,6 +493,7 @@ impl PostStore {
         let flags = if t.has_media { FLAG_MEDIA } else { 0 }
             | if t.reply_to.is_some() { FLAG_REPLY } else { 0 };
         self.hot.push(Hot {
+            id: t.id,
             created_at: t.created_at,
             light_part: 0.0,
             author: a,

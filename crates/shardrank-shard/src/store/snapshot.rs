@@ -238,6 +238,7 @@ impl PostStore {
         let flags = take_col!(r, u8, n);
         store.hot = (0..n)
             .map(|k| Hot {
+                id: store.ids[k],
                 created_at: created[k],
                 light_part: 0.0,
                 author: author[k],
@@ -291,9 +292,10 @@ impl PostStore {
             authors.index.insert(id, row as u32);
         }
         store.authors = authors;
-        store.index.reserve(n);
-        for (row, &id) in store.ids.iter().enumerate() {
-            store.index.insert(id, row as u32);
+        let hot = &store.hot;
+        store.index.reserve(0, n, |r| hot[r as usize].id);
+        for (row, h) in hot.iter().enumerate() {
+            store.index.insert(h.id, row as u32, |r| hot[r as usize].id);
         }
         // Derived parts from this process's light model.
         store.begin_load();
