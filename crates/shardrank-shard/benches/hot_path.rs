@@ -51,7 +51,7 @@ fn random_ids(n: usize) -> Vec<u64> {
     let s = store();
     let mut r = Rng::new(5);
     (0..n)
-        .map(|_| s.ids[r.below(s.ids.len() as u64) as usize])
+        .map(|_| s.id(r.below(s.len() as u64) as u32))
         .collect()
 }
 
@@ -244,9 +244,9 @@ fn shard_rank_25k_cold(b: Bencher) {
     let lists: Vec<(usize, Vec<u64>)> = (0..32)
         .flat_map(|_| 0..stores.len())
         .map(|k| {
-            let all = &stores[k].ids;
+            let s = &stores[k];
             let ids = (0..25_000)
-                .map(|_| all[r.below(all.len() as u64) as usize])
+                .map(|_| s.id(r.below(s.len() as u64) as u32))
                 .collect();
             (k, ids)
         })

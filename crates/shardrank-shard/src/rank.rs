@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn a_passed_deadline_stops_the_heavy_stage_with_a_flag() {
         let s = store(0, 1);
-        let ids: Vec<u64> = s.ids.iter().copied().take(500).collect();
+        let ids: Vec<u64> = s.ids().take(500).collect();
         let u = cold(&s);
         let full = ranked(&s, &u, &ids, 0, 300);
         assert!(!full.truncated);
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn slices_of_the_light_order_tile_it() {
         let s = store(0, 1);
-        let ids: Vec<u64> = s.ids.iter().copied().step_by(3).collect();
+        let ids: Vec<u64> = s.ids().step_by(3).collect();
         let u = cold(&s);
         let all = ranked(&s, &u, &ids, 0, ids.len());
         assert_eq!(all.eligible, ids.len());
@@ -527,13 +527,13 @@ mod tests {
     #[test]
     fn duplicates_unknowns_and_exclusions_are_counted_once() {
         let s = store(0, 1);
-        let a = s.ids[0];
-        let b = s.ids[1];
+        let a = s.id(0);
+        let b = s.id(1);
         let author_b = s.authors.ids[s.author(1) as usize];
         let u = RequestUser::new(&s, UserView::default(), &[], &[author_b]);
         let excluded_rows = s.hot.iter().filter(|h| h.author == s.author(1)).count();
         let mut ids: Vec<u64> = vec![a, a, 5, 5, 6, b];
-        ids.extend(s.ids.iter().copied());
+        ids.extend(s.ids());
         let out = ranked(&s, &u, &ids, 0, 10);
         assert_eq!(out.unknown, 2);
         assert_eq!(out.excluded, excluded_rows);
@@ -551,8 +551,8 @@ mod tests {
         let s = store(0, 1);
         let author = s.authors.ids[s.author(0) as usize];
         let u = RequestUser::new(&s, UserView::default(), &[], &[author]);
-        let mut ids: Vec<u64> = s.ids.clone();
-        ids.extend(s.ids.iter().rev().copied());
+        let mut ids: Vec<u64> = s.ids().collect();
+        ids.extend(s.ids().rev());
         ids.extend([7, 7, 8]);
         ids.insert(0, 7);
         assert!(ids.len() > 3 * CHUNK);
@@ -581,7 +581,7 @@ mod tests {
         let mut narrow = store(0, 1);
         narrow.narrow_index_fingerprints(2);
         let author = exact.authors.ids[exact.author(0) as usize];
-        let mut ids: Vec<u64> = exact.ids.iter().copied().step_by(3).collect();
+        let mut ids: Vec<u64> = exact.ids().step_by(3).collect();
         ids.extend([7, 7, 10u64.pow(18)]);
         let want = ranked(
             &exact,
@@ -608,7 +608,7 @@ mod tests {
     #[test]
     fn partitions_score_candidates_identically() {
         let whole = store(0, 1);
-        let ids: Vec<u64> = whole.ids.iter().copied().step_by(7).collect();
+        let ids: Vec<u64> = whole.ids().step_by(7).collect();
         let one = ranked(&whole, &cold(&whole), &ids, 0, ids.len());
         for i in 0..3 {
             let part = store(i, 3);

@@ -104,7 +104,7 @@ pub fn retrieve(store: &PostStore, p: &Params) -> (Vec<Found>, usize) {
         }
         found.push(Found {
             score,
-            id: store.ids[row as usize],
+            id: store.id(row),
             row,
         });
         // Keep memory bounded on a long scan: trim to the best `limit` now and then.

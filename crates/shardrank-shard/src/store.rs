@@ -130,7 +130,7 @@ pub struct PostStore {
     pub shard_index: u32,
     pub num_shards: u32,
     index: RowIndex,
-    pub ids: Vec<u64>,
+    /// Rows: a post's id is in its hot row.
     pub hot: Vec<Hot>,
     pub text_len: Vec<u16>,
     pub likes: Vec<u32>,
@@ -153,7 +153,6 @@ impl PostStore {
             shard_index,
             num_shards,
             index: RowIndex::default(),
-            ids: Vec::new(),
             hot: Vec::new(),
             text_len: Vec::new(),
             likes: Vec::new(),
@@ -173,7 +172,6 @@ impl PostStore {
         let hot = &self.hot;
         self.index
             .reserve(hot.len() as u32, posts, |r| hot[r as usize].id);
-        self.ids.reserve(posts);
         self.hot.reserve(posts);
         self.text_len.reserve(posts);
         self.likes.reserve(posts);
@@ -215,11 +213,22 @@ impl PostStore {
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.hot.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.hot.is_empty()
+    }
+
+    /// The id of the post in `row`.
+    #[inline]
+    pub fn id(&self, row: u32) -> u64 {
+        self.hot[row as usize].id
+    }
+
+    /// Every post's id, in row order.
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + '_ {
+        self.hot.iter().map(|h| h.id)
     }
 
     #[inline]
@@ -479,7 +488,7 @@ impl PostStore {
             }
             return;
         }
-        let row = self.ids.len() as u32;
+        let row = self.hot.len() as u32;
         let hot = &self.hot;
         if !self.index.insert(t.id, row, |r| hot[r as usize].id) {
             // Replayed event: applying it twice must not change anything.
@@ -489,7 +498,6 @@ impl PostStore {
         if count_author {
             self.authors.posts[a as usize] += 1;
         }
-        self.ids.push(t.id);
         let flags = if t.has_media { FLAG_MEDIA } else { 0 }
             | if t.reply_to.is_some() { FLAG_REPLY } else { 0 };
         self.hot.push(Hot {
@@ -516,12 +524,9 @@ impl PostStore {
     /// Bytes held for posts: rows at their capacity plus the index. Authors are
     /// reported apart, as they do not scale with posts.
     pub fn post_bytes(&self) -> usize {
-        let per_row = 8
-            + std::mem::size_of::<Hot>()
-            + 2
-            + 3 * 4
-            + std::mem::size_of::<crate::windows::Windows>();
-        self.ids.capacity() * per_row + self.index.bytes()
+        let per_row =
+            std::mem::size_of::<Hot>() + 2 + 3 * 4 + std::mem::size_of::<crate::windows::Windows>();
+        self.hot.capacity() * per_row + self.index.bytes()
     }
 
     pub fn author_bytes(&self) -> usize {
@@ -565,7 +570,7 @@ mod tests {
         let total: usize = stores.iter().map(PostStore::len).sum();
         assert_eq!(total, ids.len());
         for s in &stores {
-            assert!(s.ids.iter().all(|&id| shard_of(id, 3) == s.shard_index));
+            assert!(s.ids().all(|id| shard_of(id, 3) == s.shard_index));
             let a = s.authors.get(7).unwrap() as usize;
             assert_eq!(
                 s.authors.posts[a],
@@ -637,7 +642,7 @@ mod tests {
                 a.apply(e);
             }
             b.apply_batch(&events);
-            assert_eq!(a.ids, b.ids);
+            assert!(a.ids().eq(b.ids()));
             assert_eq!(a.likes, b.likes);
             assert_eq!(a.windows, b.windows);
             assert_eq!(a.authors.followers, b.authors.followers);
@@ -680,12 +685,12 @@ mod tests {
         split.apply_batch_from(&users[..users.len() / 2], Feed::Users);
         split.apply_batch_from(&posts, Feed::Posts);
         split.apply_batch_from(&users[users.len() / 2..], Feed::Users);
-        assert_eq!(split.ids, whole.ids);
+        assert!(split.ids().eq(whole.ids()));
         assert_eq!(split.likes, whole.likes);
         assert_eq!(split.windows, whole.windows);
         // Event time per partition: the split store has seen only its posts' events.
         assert!(split.watermark_ms <= whole.watermark_ms && split.watermark_ms > 0);
-        for (r, &id) in whole.ids.iter().enumerate() {
+        for (r, id) in whole.ids().enumerate() {
             let (a, b) = (
                 whole.view(r as u32, whole.watermark_ms),
                 split.view(split.row(id).unwrap(), whole.watermark_ms),

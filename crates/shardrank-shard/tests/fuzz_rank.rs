@@ -24,7 +24,7 @@ fn service() -> &'static (ShardService, Vec<u64>) {
         let source = Source::Corpus(CorpusSpec::named("tiny", 42).unwrap());
         let (store, _) =
             shardrank_shard::ingest::load(&source, 0, N, models.light.clone()).unwrap();
-        let ids = store.ids.clone();
+        let ids: Vec<u64> = store.ids().collect();
         let mut registry = prometheus_client::registry::Registry::default();
         let state = ShardState {
             metrics: ShardMetrics::register(&mut registry),

@@ -127,7 +127,7 @@ impl PostStore {
                 w.put(&x.to_le_bytes())?;
             }
             w.put(&(self.len() as u64).to_le_bytes())?;
-            put_col!(w, &self.ids);
+            put_col!(w, self.ids());
             put_col!(w, self.hot.iter().map(|h| h.created_at));
             put_col!(w, self.hot.iter().map(|h| h.author));
             put_col!(w, self.hot.iter().map(|h| h.lang));
@@ -231,14 +231,14 @@ impl PostStore {
                 "post count {n} does not fit a {file_len}-byte file"
             )));
         }
-        store.ids = take_col!(r, u64, n);
+        let ids = take_col!(r, u64, n);
         let created = take_col!(r, i64, n);
         let author = take_col!(r, u32, n);
         let lang = take_col!(r, u16, n);
         let flags = take_col!(r, u8, n);
         store.hot = (0..n)
             .map(|k| Hot {
-                id: store.ids[k],
+                id: ids[k],
                 created_at: created[k],
                 light_part: 0.0,
                 author: author[k],
@@ -342,7 +342,7 @@ mod tests {
         let light = Models::builtin().light;
         let (t, m) = PostStore::read_snapshot(&file, 1, 2, &meta.source, light.clone()).unwrap();
         assert_eq!(m, meta);
-        assert_eq!(t.ids, s.ids);
+        assert!(t.ids().eq(s.ids()));
         assert_eq!(t.stats, s.stats);
         assert_eq!(t.watermark_ms, s.watermark_ms);
         for r in 0..s.len() {
@@ -356,7 +356,7 @@ mod tests {
                 b.light_part.to_bits(),
                 "derived parts agree"
             );
-            assert_eq!(t.row(s.ids[r]), Some(r as u32));
+            assert_eq!(t.row(s.id(r as u32)), Some(r as u32));
         }
         assert_eq!(t.windows, s.windows);
         assert_eq!(t.authors.ids, s.authors.ids);
