@@ -198,6 +198,41 @@ mod decode_rank_request_100k {
     }
 }
 
+/// Decoding one shard's answer of 300 candidates (what the coordinator does with each
+/// of a request's four answers), per candidate: prost, and the codec (each parallel
+/// array as one copy into a vector sized once).
+mod decode_shard_answer_300 {
+    use super::*;
+    use prost::Message;
+    use shardrank_proto::codec::WireMessage;
+    use shardrank_proto::v1::ShardRankResponse;
+
+    fn bytes() -> Vec<u8> {
+        let ids = random_ids(300);
+        ShardRankResponse {
+            author_ids: ids.iter().map(|id| id / 3).collect(),
+            light_scores: (0..300).map(|i| i as f32 * 0.01).collect(),
+            heavy_scores: (0..300).map(|i| i as f32 * -0.02).collect(),
+            ids,
+            eligible: 25_000,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[divan::bench(items_count = 300usize)]
+    fn prost(b: Bencher) {
+        let bytes = bytes();
+        b.bench(|| ShardRankResponse::decode(black_box(&bytes[..])).unwrap());
+    }
+
+    #[divan::bench(items_count = 300usize)]
+    fn codec(b: Bencher) {
+        let bytes = bytes();
+        b.bench(|| ShardRankResponse::decode_slice(black_box(&bytes[..])).unwrap());
+    }
+}
+
 #[divan::bench(items_count = 1200usize)]
 fn coordinator_merge_4x300(b: Bencher) {
     use shardrank_coordinator_merge::*;
