@@ -10,6 +10,7 @@ use crate::shard_client::ShardGroup;
 use crate::users::UserStore;
 use shardrank_core::routing;
 use shardrank_proto::codec::SharedShardRankRequest;
+use shardrank_proto::serving::TRACE_ONLY;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::{
     RankRequest, RankResponse, RequestStats, ScoredCandidate, ShardCallStats, ShardRankRequest,
@@ -183,6 +184,7 @@ impl Ranker {
             let policy = self.policy.clone();
             // A child of the request's span: lines about this call carry its trace id.
             let span = tracing::info_span!(
+                target: TRACE_ONLY,
                 "shard_call",
                 shard = c.shard,
                 skip = c.skip,

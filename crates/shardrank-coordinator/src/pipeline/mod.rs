@@ -22,6 +22,7 @@ pub mod sources;
 
 use crate::metrics::{ComponentLabel, ComponentOutcome, CoordinatorMetrics};
 use shardrank_core::lang::Lang;
+use shardrank_proto::serving::TRACE_ONLY;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::{ComponentStats, RankRequest, RankResponse, UserContext};
 use std::collections::{BTreeSet, HashSet};
@@ -220,7 +221,7 @@ impl Pipeline {
             if step.kind == Kind::Source {
                 let runs = step.components.iter().map(|n| {
                     let span =
-                        tracing::info_span!("component", pipeline = self.name, component = n.name);
+                        tracing::info_span!(target: TRACE_ONLY, "component", pipeline = self.name, component = n.name);
                     async move {
                         let t0 = Instant::now();
                         let res = match &n.component {
@@ -263,8 +264,7 @@ impl Pipeline {
                 continue;
             }
             for n in &step.components {
-                let span =
-                    tracing::info_span!("component", pipeline = self.name, component = n.name);
+                let span = tracing::info_span!(target: TRACE_ONLY, "component", pipeline = self.name, component = n.name);
                 let t0 = Instant::now();
                 let before = state.candidates.len() + state.by_reference;
                 let res = async {
