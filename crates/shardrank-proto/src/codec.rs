@@ -187,59 +187,59 @@ impl WireMessage for v1::RetrieveRequest {}
 impl WireMessage for v1::RetrieveResponse {}
 impl WireMessage for v1::ShardRankBatchResponse {
     /// Each result's response through the response's decoder (its arrays in bulk).
-    fn decode_slice(mut buf: &[u8]) -> Result<Self, WireError> {
-        let mut msg = Self::default();
-        while !buf.is_empty() {
-            let (tag, wire_type) = decode_key(&mut buf)?;
-            if tag == 1 && wire_type == WireType::LengthDelimited {
-                let result = decode_with_nested(
-                    &mut buf,
-                    3,
-                    |payload, result: &mut v1::ShardRankBatchResult| {
-                        match &mut result.response {
-                            // A message field seen twice merges (prost's rule).
-                            Some(r) => r.merge(payload)?,
-                            None => {
-                                result.response =
-                                    Some(v1::ShardRankResponse::decode_slice(payload)?)
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
-                msg.results.push(result);
-            } else {
-                msg.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
-            }
-        }
-        Ok(msg)
+    fn decode_slice(buf: &[u8]) -> Result<Self, WireError> {
+        decode_batch(
+            buf,
+            |m: &mut Self| &mut m.results,
+            3,
+            |payload, result: &mut v1::ShardRankBatchResult| {
+                set_or_merge(&mut result.response, payload)
+            },
+        )
     }
 }
 
 impl WireMessage for v1::ShardRankBatchRequest {
     /// Each item's request through the shard request's decoder (its ids in bulk).
-    fn decode_slice(mut buf: &[u8]) -> Result<Self, WireError> {
-        let mut msg = Self::default();
-        while !buf.is_empty() {
-            let (tag, wire_type) = decode_key(&mut buf)?;
-            if tag == 1 && wire_type == WireType::LengthDelimited {
-                let item = decode_with_nested(
-                    &mut buf,
-                    1,
-                    |payload, item: &mut v1::ShardRankBatchItem| {
-                        // A repeated message field merges; one request per item is what
-                        // the coordinator sends.
-                        item.request = Some(v1::ShardRankRequest::decode_slice(payload)?);
-                        Ok(())
-                    },
-                )?;
-                msg.items.push(item);
-            } else {
-                msg.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
-            }
-        }
-        Ok(msg)
+    fn decode_slice(buf: &[u8]) -> Result<Self, WireError> {
+        decode_batch(
+            buf,
+            |m: &mut Self| &mut m.items,
+            1,
+            |payload, item: &mut v1::ShardRankBatchItem| set_or_merge(&mut item.request, payload),
+        )
     }
+}
+
+/// Decodes a batch: a message whose field 1 is a repeated message (its `items`), each
+/// item's field `inner` through `nested`, every other field through prost.
+fn decode_batch<M: Message + Default, I: Message + Default>(
+    mut buf: &[u8],
+    items: fn(&mut M) -> &mut Vec<I>,
+    inner: u32,
+    nested: impl Fn(&[u8], &mut I) -> Result<(), WireError>,
+) -> Result<M, WireError> {
+    let mut msg = M::default();
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        if tag == 1 && wire_type == WireType::LengthDelimited {
+            let item = decode_with_nested(&mut buf, inner, &nested)?;
+            items(&mut msg).push(item);
+        } else {
+            msg.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
+        }
+    }
+    Ok(msg)
+}
+
+/// A message field from `payload`, or, if the field came before, `payload` merged into
+/// it (prost's rule for a message field seen twice).
+fn set_or_merge<T: WireMessage>(field: &mut Option<T>, payload: &[u8]) -> Result<(), WireError> {
+    match field {
+        Some(m) => m.merge(payload)?,
+        None => *field = Some(T::decode_slice(payload)?),
+    }
+    Ok(())
 }
 
 /// Decodes the length-delimited message at the front of `buf` (advanced past it): its
@@ -968,6 +968,33 @@ mod tests {
             assert!(same_batch(&ours, &prost));
             assert_eq!(ours.results[2].response.as_ref().unwrap().ids.len(), 6);
         }
+    }
+
+    /// A batch item whose request comes in two parts: prost merges them (the second
+    /// part's ids appended), and so must the bulk decoder.
+    #[test]
+    fn a_request_given_twice_in_a_batch_item_merges() {
+        let mut g = Gen(31);
+        let part = |g: &mut Gen, n| {
+            v1::ShardRankBatchItem {
+                request: Some(shard_request(g, n)),
+                timeout_us: 9,
+                traceparent: String::new(),
+            }
+            .encode_to_vec()
+        };
+        let mut item = part(&mut g, 3);
+        item.extend(part(&mut g, 600));
+        let mut bytes = Vec::new();
+        encode_key(1, WireType::LengthDelimited, &mut bytes);
+        encode_varint(item.len() as u64, &mut bytes);
+        bytes.extend(&item);
+        assert!(agree::<v1::ShardRankBatchRequest>(&bytes));
+        let got = v1::ShardRankBatchRequest::decode_slice(&bytes).unwrap();
+        assert_eq!(
+            got.items[0].request.as_ref().unwrap().candidate_ids.len(),
+            603
+        );
     }
 
     #[test]

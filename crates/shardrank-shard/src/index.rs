@@ -45,7 +45,7 @@ pub fn prefetch<T>(p: *const T) {
 impl IdIndex {
     /// An index with room for `n` ids before it grows.
     pub fn with_capacity(n: usize) -> Self {
-        let slots = ((n * 10 / 7) + 1).next_power_of_two().max(16);
+        let slots = slots_for(n);
         IdIndex {
             slots: vec![Slot { id: 0, row: EMPTY }; slots],
             mask: slots - 1,
@@ -66,23 +66,13 @@ impl IdIndex {
 
     #[inline]
     pub fn get(&self, id: u64) -> Option<u32> {
-        let mut i = self.home(id);
-        loop {
-            let s = self.slots[i];
-            if s.row == EMPTY {
-                return None;
-            }
-            if s.id == id {
-                return Some(s.row);
-            }
-            i = (i + 1) & self.mask;
-        }
+        probe(&self.slots, self.home(id), |s| s.row, |s| s.id == id)
     }
 
     /// Inserts `id -> row`; false (and no change) if `id` is already there.
     pub fn insert(&mut self, id: u64, row: u32) -> bool {
         debug_assert_ne!(row, EMPTY);
-        if (self.len + 1) * 10 > self.slots.len() * 7 {
+        if too_full(self.len + 1, self.slots.len()) {
             self.grow();
         }
         let mut i = self.home(id);
@@ -102,7 +92,7 @@ impl IdIndex {
 
     pub fn reserve(&mut self, additional: usize) {
         let want = self.len + additional;
-        if want * 10 > self.slots.len() * 7 {
+        if too_full(want, self.slots.len()) {
             self.rebuild(Self::with_capacity(want));
         }
     }
@@ -131,6 +121,39 @@ impl IdIndex {
 
     pub fn bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Slot>()
+    }
+}
+
+/// Slots for a table of `n` entries: a power of two, at most 70% full.
+fn slots_for(n: usize) -> usize {
+    ((n * 10 / 7) + 1).next_power_of_two().max(16)
+}
+
+/// Whether `len` entries would fill `slots` past 70%.
+fn too_full(len: usize, slots: usize) -> bool {
+    len * 10 > slots * 7
+}
+
+/// Linear probing from `home` in a power-of-two table: the row of the first slot that
+/// `hit` accepts, or None at the first free slot (whose row is `EMPTY`).
+#[inline(always)]
+fn probe<S: Copy>(
+    slots: &[S],
+    home: usize,
+    row: impl Fn(&S) -> u32,
+    hit: impl Fn(&S) -> bool,
+) -> Option<u32> {
+    let mask = slots.len() - 1;
+    let mut i = home;
+    loop {
+        let s = &slots[i];
+        if row(s) == EMPTY {
+            return None;
+        }
+        if hit(s) {
+            return Some(row(s));
+        }
+        i = (i + 1) & mask;
     }
 }
 
@@ -169,7 +192,7 @@ impl Default for RowIndex {
 impl RowIndex {
     /// An index with room for `n` rows before it grows.
     pub fn with_capacity(n: usize) -> Self {
-        let slots = ((n * 10 / 7) + 1).next_power_of_two().max(16);
+        let slots = slots_for(n);
         RowIndex {
             slots: vec![FpSlot { fp: 0, row: EMPTY }; slots],
             mask: slots - 1,
@@ -196,33 +219,20 @@ impl RowIndex {
     /// the row's id, and on a mismatch asks [`Self::get`].
     #[inline]
     pub fn probable_row(&self, id: u64) -> Option<u32> {
-        let (mut i, fp) = self.hash(id);
-        loop {
-            let s = self.slots[i];
-            if s.row == EMPTY {
-                return None;
-            }
-            if s.fp == fp {
-                return Some(s.row);
-            }
-            i = (i + 1) & self.mask;
-        }
+        let (home, fp) = self.hash(id);
+        probe(&self.slots, home, |s| s.row, |s| s.fp == fp)
     }
 
     /// `id`'s row: each fingerprint match checked through `id_of(row)`.
     #[inline]
     pub fn get(&self, id: u64, id_of: impl Fn(u32) -> u64) -> Option<u32> {
-        let (mut i, fp) = self.hash(id);
-        loop {
-            let s = self.slots[i];
-            if s.row == EMPTY {
-                return None;
-            }
-            if s.fp == fp && id_of(s.row) == id {
-                return Some(s.row);
-            }
-            i = (i + 1) & self.mask;
-        }
+        let (home, fp) = self.hash(id);
+        probe(
+            &self.slots,
+            home,
+            |s| s.row,
+            |s| s.fp == fp && id_of(s.row) == id,
+        )
     }
 
     /// Indexes `row` (the next row: rows `0..row` are the ones already inserted or
@@ -232,7 +242,7 @@ impl RowIndex {
         if self.get(id, &id_of).is_some() {
             return false;
         }
-        if (self.len + 1) * 10 > self.slots.len() * 7 {
+        if too_full(self.len + 1, self.slots.len()) {
             self.rebuild(self.slots.len(), row, &id_of);
         }
         self.place(id, row);
@@ -242,7 +252,7 @@ impl RowIndex {
     /// Room for `additional` more rows past the first `rows`.
     pub fn reserve(&mut self, rows: u32, additional: usize, id_of: impl Fn(u32) -> u64) {
         let want = self.len + additional;
-        if want * 10 > self.slots.len() * 7 {
+        if too_full(want, self.slots.len()) {
             self.rebuild(want, rows, &id_of);
         }
     }
