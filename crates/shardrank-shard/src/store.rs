@@ -1,7 +1,7 @@
 //! The partition's post store: arrays indexed by row, an id-to-row index, and the
 //! author table the features read.
 //!
-//! Arrays rather than a map of heap objects: one allocation per array, about 100 bytes
+//! Arrays rather than a map of heap objects: one allocation per array, about 90 bytes
 //! per post with the index. A candidate's lookup is two cache misses: its slot in the
 //! fingerprinted index (8 bytes), then its 32-byte [`Hot`] row, which holds what the
 //! light ranker reads and the id that confirms the match. What only the heavy ranker
