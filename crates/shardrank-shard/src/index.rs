@@ -20,7 +20,6 @@ const EMPTY: u32 = u32::MAX;
 
 pub struct IdIndex {
     slots: Vec<Slot>,
-    mask: usize,
     len: usize,
 }
 
@@ -48,14 +47,13 @@ impl IdIndex {
         let slots = slots_for(n);
         IdIndex {
             slots: vec![Slot { id: 0, row: EMPTY }; slots],
-            mask: slots - 1,
             len: 0,
         }
     }
 
     #[inline(always)]
     fn home(&self, id: u64) -> usize {
-        mix64(id) as usize & self.mask
+        mix64(id) as usize & (self.slots.len() - 1)
     }
 
     /// Hints the CPU to fetch `id`'s slot now, for a `get` a little later.
@@ -86,7 +84,7 @@ impl IdIndex {
             if s.id == id {
                 return false;
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & (self.slots.len() - 1);
         }
     }
 
@@ -169,7 +167,6 @@ fn probe<S: Copy>(
 /// rebuilt from the rows alone (it keeps no ids).
 pub struct RowIndex {
     slots: Vec<FpSlot>,
-    mask: usize,
     len: usize,
     /// All ones; tests narrow it so that fingerprints collide and the checks run.
     fp_mask: u32,
@@ -195,7 +192,6 @@ impl RowIndex {
         let slots = slots_for(n);
         RowIndex {
             slots: vec![FpSlot { fp: 0, row: EMPTY }; slots],
-            mask: slots - 1,
             len: 0,
             fp_mask: u32::MAX,
         }
@@ -205,7 +201,10 @@ impl RowIndex {
     #[inline(always)]
     fn hash(&self, id: u64) -> (usize, u32) {
         let h = mix64(id);
-        (h as usize & self.mask, (h >> 32) as u32 & self.fp_mask)
+        (
+            h as usize & (self.slots.len() - 1),
+            (h >> 32) as u32 & self.fp_mask,
+        )
     }
 
     /// Hints the CPU to fetch `id`'s home slot now, for a lookup a little later.
@@ -261,7 +260,7 @@ impl RowIndex {
     fn place(&mut self, id: u64, row: u32) {
         let (mut i, fp) = self.hash(id);
         while self.slots[i].row != EMPTY {
-            i = (i + 1) & self.mask;
+            i = (i + 1) & (self.slots.len() - 1);
         }
         self.slots[i] = FpSlot { fp, row };
         self.len += 1;
