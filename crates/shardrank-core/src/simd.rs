@@ -10,7 +10,7 @@ pub enum Simd {
     /// AVX2 with FMA: 8 lanes.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512F and VL, with AVX2 and FMA: 16 lanes, one-instruction three-input logic
+    /// AVX-512F, VL and DQ, with AVX2 and FMA: 16 lanes, one-instruction three-input logic
     /// and rotations, 32 registers.
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -23,7 +23,7 @@ impl Simd {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
-                return if has!("avx512f") && has!("avx512vl") {
+                return if has!("avx512f") && has!("avx512vl") && has!("avx512dq") {
                     Simd::Avx512
                 } else {
                     Simd::Avx2
