@@ -209,8 +209,14 @@ fn light_chunk(
     let mut row_ids = [0u64; BATCH];
     let mut parts = light_parts::Batch::default();
     let mut scores = [0.0f32; BATCH];
-    for batch in ids.chunks(BATCH) {
-        for &id in batch {
+    // The index slots of the next batch are fetched while this one is ranked: its
+    // rows', authors' and scoring's time then overlaps those misses.
+    let mut batches = ids.chunks(BATCH).peekable();
+    for &id in batches.peek().copied().unwrap_or_default() {
+        index.prefetch(id);
+    }
+    while let Some(batch) = batches.next() {
+        for &id in batches.peek().copied().unwrap_or_default() {
             index.prefetch(id);
         }
         let mut n = 0;
