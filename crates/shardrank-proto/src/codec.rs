@@ -527,10 +527,10 @@ fn decode_with_fields<M: Message + Default>(
 }
 
 /// Appends the varints of a packed field's payload to `out`, with prost's rules (at
-/// most ten bytes, the tenth 0 or 1). With AVX-512 (see [`packed_varints`]) the seven
-/// bit groups are gathered by BMI2's `pext`, one instruction: the CPUs that have
-/// AVX-512 (Intel's, AMD's from Zen 4) run it in one micro-op, where Zen 2 microcodes
-/// it at up to hundreds of cycles, so BMI2 alone does not choose it.
+/// most ten bytes, the tenth 0 or 1), by [`packed_varints`]. Where the CPU has BMI2 and
+/// AVX-512, each varint's seven-bit groups are gathered by one `pext`: the CPUs that
+/// have AVX-512 (Intel's, AMD's from Zen 4) run it in one micro-op, where Zen 2
+/// microcodes it at up to hundreds of cycles, so BMI2 alone does not choose it.
 fn decode_packed_varints(p: &[u8], out: &mut Vec<u64>) -> Result<(), WireError> {
     #[cfg(target_arch = "x86_64")]
     if fast_pext() {
