@@ -716,14 +716,32 @@ unsafe fn shards_avx512(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
     let join = |lo, hi| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
     // SAFETY: V is [u32; 8], 32 bytes; unaligned loads.
     let load = |v: &V| unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
+    // With a power-of-two shard count, the low bits of the digest decide: those of the
+    // last word, byte-swapped (the digest is read big-endian).
+    let pow2 = modulus
+        .n
+        .is_power_of_two()
+        .then(|| _mm512_set1_epi32((modulus.n - 1) as i32));
+    let bswap = |d| {
+        let byte = |x, m: u32| _mm512_and_si512(x, _mm512_set1_epi32(m as i32));
+        _mm512_or_si512(
+            _mm512_or_si512(
+                _mm512_srli_epi32(d, 24),
+                byte(_mm512_srli_epi32(d, 8), 0xff00),
+            ),
+            _mm512_or_si512(
+                byte(_mm512_slli_epi32(d, 8), 0xff_0000),
+                _mm512_slli_epi32(d, 24),
+            ),
+        )
+    };
     let mut chunks = ids.chunks_exact(2 * WIDE);
     let mut outs = out.chunks_exact_mut(2 * WIDE);
     for (c, o) in (&mut chunks).zip(&mut outs) {
-        let q: [&[u64; LANES]; 4] = eights(c);
         let m: [avx512::Z; 16] = match common_len(c) {
             Some(len) => uniform::block32(c.try_into().expect("thirty-two"), len),
             None => {
-                let b = q.map(blocks);
+                let b = eights::<4>(c).map(blocks);
                 std::array::from_fn(|w| {
                     [
                         join(load(&b[0][w]), load(&b[1][w])),
@@ -736,21 +754,8 @@ unsafe fn shards_avx512(ids: &[u64], modulus: Modulus, out: &mut [u32]) {
             .into_iter()
             .zip(o.chunks_exact_mut(WIDE))
         {
-            if modulus.n.is_power_of_two() {
-                // The digest's last byte is the top byte of `d`, and a power of two
-                // at most 2^32 divides 2^32: the low 32 bits, byte-swapped, decide.
-                let d = state[3];
-                let low = _mm512_or_si512(
-                    _mm512_or_si512(
-                        _mm512_srli_epi32(d, 24),
-                        _mm512_and_si512(_mm512_srli_epi32(d, 8), _mm512_set1_epi32(0xff00)),
-                    ),
-                    _mm512_or_si512(
-                        _mm512_and_si512(_mm512_slli_epi32(d, 8), _mm512_set1_epi32(0xff_0000)),
-                        _mm512_slli_epi32(d, 24),
-                    ),
-                );
-                let shard = _mm512_and_si512(low, _mm512_set1_epi32((modulus.n - 1) as i32));
+            if let Some(mask) = pow2 {
+                let shard = _mm512_and_si512(bswap(state[3]), mask);
                 // SAFETY: `o` is sixteen u32s, 64 bytes; an unaligned store.
                 unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut _, shard) };
                 continue;
