@@ -377,7 +377,29 @@ pub async fn stall_replica(setup: &Setup, hedging: bool) -> Outcome {
     let mut c = Cluster::start_replicated(4, 2, &data(setup), args).await;
     let c0 = counters(&c).await;
     let before = phase(&c, setup, setup.rate, setup.phase).await;
-    let victim = c.replica(1, 0);
+    // The replica of shard 1 that is taking its calls now: with two replicas the
+    // balancer sends each call to the cheaper one, so stopping the other would test
+    // nothing (its calls would be only the hedges sent to it, and those lose).
+    let served = |c: &Cluster| {
+        let urls: Vec<String> = (0..2)
+            .map(|r| format!("{}/metrics", c.shard_admin[c.replica(1, r)]))
+            .collect();
+        async move {
+            let mut n = Vec::new();
+            for u in urls {
+                n.push(metric_sum(
+                    &http_get(&u).await.1,
+                    "shardrank_shard_requests_total",
+                ));
+            }
+            n
+        }
+    };
+    let n0 = served(&c).await;
+    phase(&c, setup, setup.rate, Duration::from_millis(500)).await;
+    let n1 = served(&c).await;
+    let busier = u32::from(n1[1] - n0[1] > n1[0] - n0[0]);
+    let victim = c.replica(1, busier);
     // The stall lasts from the first request of the phase to its end.
     let during = phase_with(&mut c, setup, setup.stall, Duration::ZERO, |c| {
         c.signal_shard(victim, "STOP")
