@@ -104,6 +104,15 @@ impl Broker {
         }
     }
 
+    /// Stops it and starts an empty broker on the same port: to its clients, a broker
+    /// that lost its whole log (every partition now ends below their positions).
+    pub fn replace(&mut self) {
+        self.stop();
+        self.dir = scratch_dir("kafka");
+        self.proc = Self::spawn(&self.dir, self.port, "broker.log");
+        self.wait_up();
+    }
+
     /// Starts it again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();

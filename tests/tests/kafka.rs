@@ -751,45 +751,85 @@ async fn a_broker_that_goes_away_is_waited_out_and_the_cluster_serves_meanwhile(
     assert_eq!(r.candidates.len(), 1);
 }
 
-/// A shard whose snapshot is ahead of the log (the broker lost records the shard had
-/// applied: here, a replacement broker with a shorter log) must not skip the new
-/// records that take the lost offsets as replays: the cut is logged as an error and
-/// counted, and what is produced after it is applied.
+/// `n` post ids that shard `index` of 2 owns, from `from` on.
+fn owned_from(from: u64, index: u32, n: usize) -> Vec<u64> {
+    (from..)
+        .filter(|&id| shard_of(id, 2) == index)
+        .take(n)
+        .collect()
+}
+
+/// Produces new posts `ids` (author 7, at `now`) to `broker` through the CLI, as a
+/// file in `dir` named `name`.
+fn produce_posts(broker: &Broker, dir: &Path, name: &str, ids: &[u64], now: i64) {
+    let file = dir.join(name);
+    let mut w =
+        shardrank_core::events::EventWriter::new(std::fs::File::create(&file).unwrap(), "none", 0)
+            .unwrap();
+    for &id in ids {
+        w.write(&new_post(id, 7, now)).unwrap();
+    }
+    w.finish().unwrap();
+    let (code, err) = produce(broker, &file, 2);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Shard 0 of 2 reading `brokers`, with live snapshots every second into `snaps`.
+fn live_shard(dir: &Path, snaps: &Path, brokers: &str, log: &str) -> (Proc, String, String) {
+    let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
+    let p = Proc::spawn(
+        "shardrank-shard",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+            "--shard-index".into(),
+            "0".into(),
+            "--num-shards".into(),
+            "2".into(),
+            "--kafka-brokers".into(),
+            brokers.to_string(),
+            "--snapshot-dir".into(),
+            snaps.to_str().unwrap().into(),
+            "--snapshot-interval-secs".into(),
+            "1".into(),
+        ],
+        dir.join(log),
+    );
+    (
+        p,
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{admin}"),
+    )
+}
+
+/// The shard's count of cuts found, once it is at least 1.
+async fn wait_cut_counted(admin: &str) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let (_, m) = http_get(&format!("{admin}/metrics")).await;
+        match metric(&m, "shardrank_shard_log_truncations_total") {
+            Some(n) if n >= 1.0 => return n,
+            _ => assert!(t0.elapsed() < TIMEOUT, "no cut counted:\n{m}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A shard restarted from a snapshot that is ahead of the log (the broker lost records
+/// the shard had applied: here, a replacement broker with a shorter log) finds the cut
+/// before it serves, so a record produced afterwards, at an offset below the restored
+/// position, is applied and not skipped as a replay. The replacement's partition of
+/// shard 0 is empty: the cut can only be seen by comparing the partition's end with
+/// the position, since no old record comes in to reveal it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_cut_below_the_applied_position_is_reported_and_new_records_are_applied() {
+async fn a_log_cut_while_a_shard_was_down_is_found_at_start_and_new_records_are_applied() {
     let Loaded {
         broker, dir, now, ..
     } = loaded("kafka-cut");
     let snaps = dir.join("snapshots");
-    let shard = |brokers: &str, log: &str| {
-        let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
-        let p = Proc::spawn(
-            "shardrank-shard",
-            &[
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--admin-listen".into(),
-                format!("127.0.0.1:{admin}"),
-                "--shard-index".into(),
-                "0".into(),
-                "--num-shards".into(),
-                "2".into(),
-                "--kafka-brokers".into(),
-                brokers.to_string(),
-                "--snapshot-dir".into(),
-                snaps.to_str().unwrap().into(),
-                "--snapshot-interval-secs".into(),
-                "1".into(),
-            ],
-            dir.join(log),
-        );
-        (
-            p,
-            format!("http://127.0.0.1:{port}"),
-            format!("http://127.0.0.1:{admin}"),
-        )
-    };
-    let (mut first, url, _) = shard(&broker.addr, "first.log");
+    let (mut first, url, _) = live_shard(&dir, &snaps, &broker.addr, "first.log");
     shardrank_tests::wait_serving(&url, "", &mut first, TIMEOUT).await;
     let snapshot = snaps.join("shard-0-of-2.snap");
     let t0 = Instant::now();
@@ -799,40 +839,56 @@ async fn a_log_cut_below_the_applied_position_is_reported_and_new_records_are_ap
     }
     first.kill();
 
-    // The replacement broker's log holds three new posts: it ends far below the
-    // snapshot's positions.
+    // The replacement broker holds three posts, all of shard 1.
     let other = Broker::start();
-    let file = dir.join("three.jsonl");
-    let mut w =
-        shardrank_core::events::EventWriter::new(std::fs::File::create(&file).unwrap(), "none", 0)
-            .unwrap();
-    let mine: Vec<u64> = (9_200_000_000_000u64..)
-        .filter(|&id| shard_of(id, 2) == 0)
-        .take(4)
-        .collect();
-    for &id in &mine[..3] {
-        w.write(&new_post(id, 7, now)).unwrap();
-    }
-    w.finish().unwrap();
-    assert_eq!(produce(&other, &file, 2).0, Some(0));
-    let (mut second, url, admin) = shard(&other.addr, "second.log");
+    let theirs = owned_from(9_200_000_000_000, 1, 3);
+    produce_posts(&other, &dir, "three.jsonl", &theirs, now);
+    let (mut second, url, admin) = live_shard(&dir, &snaps, &other.addr, "second.log");
     shardrank_tests::wait_serving(&url, "", &mut second, TIMEOUT).await;
     let log = plain(&std::fs::read_to_string(&second.log).unwrap());
     assert!(log.contains("from_snapshot=true"), "{log}");
+    assert!(
+        log.contains("below this consumer's position")
+            && log.contains("topic=\"tweet_events\" partition=0 "),
+        "the cut of shard 0's partition was not reported before serving:\n{log}"
+    );
 
-    // A post produced now takes an offset below the restored position.
+    // A post produced now takes offset 0, far below the restored position.
+    let mine = owned_from(9_200_000_000_000, 0, 1)[0];
     let producer = EventProducer::new(&other.addr, "tweet_events", "user_events", 2).unwrap();
+    producer.send_event(&new_post(mine, 7, now)).unwrap();
+    producer.raw.flush(Duration::from_secs(20)).unwrap();
+    wait_holds(&url, 0, 2, mine).await;
+    wait_cut_counted(&admin).await;
+}
+
+/// A log cut under a running shard (its broker replaced by an empty one at the same
+/// address) is found by the first record below the position: reported, counted, and
+/// reading goes on from the log's end, so what is produced after it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_under_a_running_shard_is_reported_and_later_records_are_applied() {
+    let Loaded {
+        mut broker,
+        dir,
+        now,
+        ..
+    } = loaded("kafka-cut-live");
+    let snaps = dir.join("snapshots");
+    let (mut shard, url, admin) = live_shard(&dir, &snaps, &broker.addr, "shard.log");
+    shardrank_tests::wait_serving(&url, "", &mut shard, TIMEOUT).await;
+
+    broker.replace();
+    let mine = owned_from(9_300_000_000_000, 0, 4);
+    produce_posts(&broker, &dir, "three.jsonl", &mine[..3], now);
+    wait_cut_counted(&admin).await;
+    let log = plain(&std::fs::read_to_string(&shard.log).unwrap());
+    assert!(
+        log.contains("below this consumer's position") && log.contains("are not applied"),
+        "the cut was not reported:\n{log}"
+    );
+
+    let producer = EventProducer::new(&broker.addr, "tweet_events", "user_events", 2).unwrap();
     producer.send_event(&new_post(mine[3], 7, now)).unwrap();
     producer.raw.flush(Duration::from_secs(20)).unwrap();
     wait_holds(&url, 0, 2, mine[3]).await;
-    let (_, m) = http_get(&format!("{admin}/metrics")).await;
-    assert!(
-        metric(&m, "shardrank_shard_log_truncations_total").unwrap() >= 1.0,
-        "{m}"
-    );
-    let log = plain(&std::fs::read_to_string(&second.log).unwrap());
-    assert!(
-        log.contains("below this consumer's position"),
-        "the cut was not reported:\n{log}"
-    );
 }

@@ -162,6 +162,8 @@ pub struct EventConsumer {
     dead_letters: Option<(RawProducer, String)>,
     brokers: String,
     group: String,
+    /// Cuts found by [`Self::high_watermarks`], reported with the next batch.
+    truncated_unreported: u64,
 }
 
 /// Logs a malformed message with where it was, and sends it to the dead-letter topic.
@@ -201,24 +203,24 @@ impl EventConsumer {
             .set("statistics.interval.ms", "1000")
             .set("fetch.wait.max.ms", "10")
             .create_with_context(Ctx::default())?;
-        let mut tpl = TopicPartitionList::new();
-        let mut parts = Vec::with_capacity(assignments.len());
-        for a in assignments {
-            let (offset, next) = match a.start {
-                Start::Beginning => (Offset::Beginning, 0),
-                Start::Offset(o) => (Offset::Offset(o), o),
-            };
-            tpl.add_partition_offset(&a.topic, a.partition, offset)?;
-            parts.push(Part {
-                topic: a.topic.as_str().into(),
-                partition: a.partition,
-                next,
-                committed: next,
-                fresh: a.start == Start::Beginning,
-                replays_checked_at: None,
-            });
-        }
-        consumer.assign(&tpl)?;
+        let parts: Vec<Part> = assignments
+            .iter()
+            .map(|a| {
+                let next = match a.start {
+                    Start::Beginning => 0,
+                    Start::Offset(o) => o,
+                };
+                Part {
+                    topic: a.topic.as_str().into(),
+                    partition: a.partition,
+                    next,
+                    committed: next,
+                    fresh: a.start == Start::Beginning,
+                    replays_checked_at: None,
+                }
+            })
+            .collect();
+        assign(&consumer, &parts)?;
         let dead_letters = match &opts.dead_letter_topic {
             Some(t) => Some((RawProducer::new(&opts.brokers)?, t.clone())),
             None => None,
@@ -229,6 +231,7 @@ impl EventConsumer {
             dead_letters,
             brokers: opts.brokers.clone(),
             group: opts.group_id.clone(),
+            truncated_unreported: 0,
         })
     }
 
@@ -236,7 +239,10 @@ impl EventConsumer {
     /// Parses straight from librdkafka's buffer: only a malformed message is copied
     /// (to the dead-letter topic).
     pub fn poll_batch(&mut self, max: usize, wait: Duration) -> Batch {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            truncated: std::mem::take(&mut self.truncated_unreported),
+            ..Batch::default()
+        };
         let mut timeout = wait;
         while batch.records.len() < max {
             let msg = match self.consumer.poll(timeout) {
@@ -264,15 +270,7 @@ impl EventConsumer {
                         .map(|(_, high)| high);
                     match end.map(|end| below_position(p.next, end)) {
                         Ok(BelowPosition::Truncated { end }) => {
-                            tracing::error!(
-                                topic = &*p.topic,
-                                partition,
-                                position = p.next,
-                                log_end = end,
-                                "the partition's log ends at offset {end}, below this consumer's position {}: offsets {end}..{} were applied here and are gone from the broker (a broker that lost its tail, or an unclean leader election). Resuming at {end}; records written since the cut at offsets below {end}, if any, are not applied",
-                                p.next,
-                                p.next - 1
-                            );
+                            report_cut(p, end, &format!("records written since the cut at offsets below {end}, if any, are not applied"));
                             batch.truncated += 1;
                             p.next = end;
                             p.replays_checked_at = None;
@@ -391,7 +389,37 @@ impl EventConsumer {
 
     /// The end of every assigned partition now (asked of the broker, retried with
     /// backoff until it answers): reading up to it is catching up.
-    pub fn high_watermarks(&self) -> Vec<i64> {
+    ///
+    /// Called before reading, it also finds the cuts made while this consumer was down:
+    /// a restored position past its partition's end is reported as a cut (counted in
+    /// the next batch's `truncated`) and reading starts at the end, so that no record
+    /// produced from now on takes an offset below the position and is skipped.
+    pub fn high_watermarks(&mut self) -> Vec<i64> {
+        let ends = self.fetch_ends();
+        let mut cut = false;
+        for (p, &end) in self.parts.iter_mut().zip(&ends) {
+            // Positions of `fresh` partitions are not the caller's: nothing to compare.
+            let below = below_position(p.next, end);
+            if !p.fresh && matches!(below, BelowPosition::Truncated { .. }) {
+                report_cut(p, end, "nothing produced from now on is skipped");
+                p.next = end;
+                cut = true;
+                self.truncated_unreported += 1;
+            }
+        }
+        if cut {
+            // Nothing read yet at start: assigning again moves the fetch positions
+            // (a seek needs a partition already fetching). If it fails, the broker's
+            // reset starts reading at the beginning, and the records below the new
+            // positions are skipped as replays.
+            if let Err(e) = assign(&self.consumer, &self.parts) {
+                tracing::warn!(error = %e, "assigning at the partitions' ends failed");
+            }
+        }
+        ends
+    }
+
+    fn fetch_ends(&self) -> Vec<i64> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let res: Result<Vec<i64>, rdkafka::error::KafkaError> = self
@@ -436,6 +464,35 @@ impl EventConsumer {
             }
         }
     }
+}
+
+/// Assigns the partitions at their positions (`fresh` ones at the beginning).
+fn assign(consumer: &BaseConsumer<Ctx>, parts: &[Part]) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in parts {
+        let at = if p.fresh {
+            Offset::Beginning
+        } else {
+            Offset::Offset(p.next)
+        };
+        tpl.add_partition_offset(&p.topic, p.partition, at)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(())
+}
+
+/// Logs that `p`'s log ends at `end`, below its position; `then` says what it means for
+/// records written since.
+fn report_cut(p: &Part, end: i64, then: &str) {
+    tracing::error!(
+        topic = &*p.topic,
+        partition = p.partition,
+        position = p.next,
+        log_end = end,
+        "the partition's log ends at offset {end}, below this consumer's position {}: offsets {end}..{} were applied here and are gone from the broker (a broker that lost its tail, or an unclean leader election). Resuming at {end}; {then}",
+        p.next,
+        p.next - 1
+    );
 }
 
 /// A message as stored, for tools and tests (dead letters, say).
