@@ -6,7 +6,7 @@
 use crate::metrics::{CoordinatorMetrics, ReplicaLabel, Shard};
 use crate::policy::balance::{self, PeakEwma, DEFAULT_RTT};
 use crate::policy::eject::{Ejection, Transition, Verdict};
-use crate::policy::hedge::{HedgeBudget, LatencyWindow};
+use crate::policy::hedge::{self, HedgeBudget, LatencyWindow};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -130,9 +130,12 @@ impl ReplicaSet {
         Duration::from_nanos(lock(&self.replicas[i].live).ewma.nanos as u64)
     }
 
-    /// The `q` quantile of replica `i`'s recent latencies, if known.
-    pub fn percentile(&self, i: usize, q: f64) -> Option<Duration> {
-        lock(&self.replicas[i].live).window.quantile(q)
+    /// The `q` quantile of replica `i`'s recent latencies for its hedge delay, or its
+    /// siblings' while it has too few samples ([`hedge::estimate`]).
+    pub fn hedge_percentile(&self, i: usize, q: f64) -> Option<Duration> {
+        let of = |j: usize| lock(&self.replicas[j].live).window.quantile(q);
+        let siblings = (0..self.replicas.len()).filter(|&j| j != i);
+        hedge::estimate(of(i), siblings.map(of))
     }
 
     pub fn hedging_enabled(&self) -> bool {

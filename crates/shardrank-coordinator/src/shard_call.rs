@@ -104,7 +104,7 @@ where
     };
     let hedge_after = if set.hedging_enabled() {
         hedge::delay(
-            set.percentile(first, policy.hedge_quantile),
+            set.hedge_percentile(first, policy.hedge_quantile),
             policy.hedge_min_delay,
             left(),
         )
@@ -365,6 +365,45 @@ mod tests {
         assert_eq!(hedged, 1, "the stalled replica was picked once, and hedged");
         // Balancing learnt from the abandoned call: the stalled replica is avoided.
         assert_eq!(set.pick(None), Some(1));
+    }
+
+    /// A replica with too few samples for a percentile of its own (here: none, it was
+    /// never called) is hedged after its sibling's, not left to the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_replica_without_samples_is_hedged_after_its_siblings_percentile() {
+        let set = replicas(2, 0.5);
+        // Only replica 1 has answered (3 ms); replica 0 keeps the default 1 ms
+        // estimate, so it is the cheaper and is picked.
+        for _ in 0..40 {
+            let f = set.start(1);
+            tokio::time::advance(ms(3)).await;
+            f.finish(Code::Ok);
+            set.deposit();
+        }
+        assert_eq!(set.pick(None), Some(0));
+        let (send, sent) = fakes(vec![
+            Fake {
+                delay: ms(1000),
+                code: Code::Ok,
+            },
+            Fake {
+                delay: ms(2),
+                code: Code::Ok,
+            },
+        ]);
+        let t0 = Instant::now();
+        let out = call(
+            &set,
+            Instant::now() + ms(500),
+            &CallPolicy::default(),
+            &send,
+        )
+        .await;
+        assert_eq!(*sent.lock().unwrap(), [0, 1]);
+        assert!(out.hedged && out.hedge_won);
+        assert_eq!(out.result.unwrap(), 1);
+        // Replica 1's p95 (3 ms), then its 2 ms answer.
+        assert_eq!(t0.elapsed(), ms(5));
     }
 
     #[tokio::test(start_paused = true)]

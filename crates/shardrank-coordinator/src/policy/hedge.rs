@@ -50,6 +50,19 @@ impl LatencyWindow {
     }
 }
 
+/// A replica's latency percentile for its hedge delay: its own, or, with too few samples
+/// of its own (a new replica, or one that is rarely the cheaper and so rarely called),
+/// the highest of its siblings'. Replicas of one shard hold the same partition and take
+/// alike; without this, a stall of a replica that had just become the cheaper one would
+/// hold every call to it until the deadline, never hedged. `None` when no replica of
+/// the shard has an estimate yet.
+pub fn estimate(
+    own: Option<Duration>,
+    siblings: impl IntoIterator<Item = Option<Duration>>,
+) -> Option<Duration> {
+    own.or_else(|| siblings.into_iter().flatten().max())
+}
+
 /// How long to wait before hedging a call: the replica's percentile, at least `min`;
 /// `None` (do not hedge) without an estimate or when the hedge could not finish in the
 /// time left (it needs about the typical latency itself).
@@ -117,6 +130,18 @@ mod tests {
             w.record(Duration::from_micros(300));
         }
         assert_eq!(w.quantile(1.0), Some(Duration::from_micros(300)));
+    }
+
+    #[test]
+    fn a_replica_without_samples_takes_its_slowest_siblings_estimate() {
+        let ms = Duration::from_millis;
+        assert_eq!(estimate(Some(ms(2)), [Some(ms(9))]), Some(ms(2)));
+        assert_eq!(
+            estimate(None, [Some(ms(3)), None, Some(ms(7))]),
+            Some(ms(7))
+        );
+        assert_eq!(estimate(None, [None, None]), None);
+        assert_eq!(estimate(None, []), None);
     }
 
     #[test]
