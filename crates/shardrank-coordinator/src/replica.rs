@@ -104,6 +104,7 @@ impl ReplicaSet {
     /// are candidates again (a guess beats certain failure, as Envoy's panic mode);
     /// with `exclude` (a retry or hedge), `None` when no other replica is in rotation.
     pub fn pick(&self, exclude: Option<usize>) -> Option<usize> {
+        let now = self.now_nanos();
         let costs = |ignore_ejection: bool| -> Vec<Option<f64>> {
             self.replicas
                 .iter()
@@ -111,7 +112,10 @@ impl ReplicaSet {
                 .map(|(i, r)| {
                     let live = lock(&r.live);
                     (Some(i) != exclude && (ignore_ejection || !live.ejection.is_ejected())).then(
-                        || balance::cost(live.ewma.nanos, r.outstanding.load(Ordering::Relaxed)),
+                        || {
+                            let ewma = live.ewma.decayed(now, EWMA_TAU);
+                            balance::cost(ewma, r.outstanding.load(Ordering::Relaxed))
+                        },
                     )
                 })
                 .collect()
@@ -297,6 +301,40 @@ mod tests {
             assert_eq!(s.pick(None), Some(1));
         }
         assert_eq!(s.pick(Some(1)), Some(0));
+    }
+
+    /// With two replicas the dearer one gets no calls; its estimate decays until it is
+    /// the cheaper, and it is tried again.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_replica_is_tried_again_as_its_estimate_decays() {
+        let s = set(2);
+        for (i, ms) in [(0, 3), (1, 4)] {
+            let f = s.start(i);
+            tokio::time::advance(Duration::from_millis(ms)).await;
+            f.finish(tonic::Code::Ok);
+        }
+        let t0 = Instant::now();
+        loop {
+            match s.pick(None) {
+                Some(0) => {
+                    let f = s.start(0);
+                    tokio::time::advance(Duration::from_millis(3)).await;
+                    f.finish(tonic::Code::Ok);
+                    tokio::time::advance(Duration::from_millis(7)).await;
+                }
+                other => {
+                    assert_eq!(other, Some(1));
+                    break;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "replica 1 never tried"
+            );
+        }
+        // ln(4/3) of the 1 s time constant.
+        let t = t0.elapsed().as_millis();
+        assert!((250..=350).contains(&t), "{t} ms");
     }
 
     #[tokio::test(start_paused = true)]

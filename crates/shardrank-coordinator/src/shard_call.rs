@@ -360,11 +360,12 @@ mod tests {
                 assert!(out.hedge_won);
                 // The p95 (1 ms) plus the hedge's own 2 ms: far from the 1 s stall.
                 assert!(t0.elapsed() <= ms(3), "{:?}", t0.elapsed());
+                // Balancing learnt from the abandoned call: the stalled replica is
+                // avoided (until its estimate decays and it is tried, and hedged, again).
+                assert_eq!(set.pick(None), Some(1));
             }
         }
-        assert_eq!(hedged, 1, "the stalled replica was picked once, and hedged");
-        // Balancing learnt from the abandoned call: the stalled replica is avoided.
-        assert_eq!(set.pick(None), Some(1));
+        assert!(hedged >= 1, "the stalled replica was picked, and hedged");
     }
 
     /// A replica with too few samples for a percentile of its own (here: none, it was

@@ -37,6 +37,17 @@ impl PeakEwma {
         }
         self.at_nanos = now_nanos;
     }
+
+    /// The estimate as the balancer reads it at `now_nanos`: decayed toward zero since the
+    /// last sample, as tower's and Finagle's peak EWMA do. A replica that gets no calls
+    /// (with two, the dearer one gets none) would otherwise keep its last estimate for
+    /// ever; decayed, it looks cheaper with time and is tried again, so every replica
+    /// keeps fresh samples (for its hedge delay too) and a stall of one that was idle
+    /// shows within a time constant or so.
+    pub fn decayed(&self, now_nanos: u64, tau: Duration) -> f64 {
+        let dt = now_nanos.saturating_sub(self.at_nanos) as f64;
+        self.nanos * (-dt / tau.as_nanos().max(1) as f64).exp()
+    }
 }
 
 /// The cost of sending one more call to a replica.
@@ -79,6 +90,18 @@ mod tests {
             e.observe(Duration::from_millis(1), i * 1_000_000_000, tau);
         }
         assert!(e.nanos < 1.1e6, "{}", e.nanos);
+    }
+
+    #[test]
+    fn an_estimate_read_later_has_decayed() {
+        let tau = Duration::from_secs(1);
+        let mut e = PeakEwma::new(Duration::from_millis(1));
+        e.observe(Duration::from_millis(4), 5_000, tau);
+        assert_eq!(e.decayed(5_000, tau), 4e6);
+        assert!((e.decayed(5_000 + 1_000_000_000, tau) - 4e6 * (-1f64).exp()).abs() < 1.0);
+        // Reading does not change it; a clock read before the sample does not grow it.
+        assert_eq!(e.nanos, 4e6);
+        assert_eq!(e.decayed(0, tau), 4e6);
     }
 
     #[test]
