@@ -34,18 +34,84 @@ pub fn partition(ids: &[u64], num_shards: u32) -> Vec<Vec<u64>> {
     if n == 1 {
         return vec![ids.to_vec()];
     }
-    // One allocation per shard, sized for an even spread plus slack.
-    let cap = ids.len() / n + ids.len() / (4 * n) + 16;
+    const BLOCK: usize = 512;
+    // One allocation per shard, sized for an even spread plus slack (and, for the
+    // vector path, room for one block's worth and a store's overhang).
+    let even = ids.len() / n + ids.len() / (4 * n) + 16;
+    let cap = even.max(ids.len().min(BLOCK) + 8);
     let mut parts: Vec<Vec<u64>> = (0..n).map(|_| Vec::with_capacity(cap)).collect();
-    let mut owners = [0u32; 512];
-    for block in ids.chunks(owners.len()) {
+    let mut owners = [0u32; BLOCK];
+    for block in ids.chunks(BLOCK) {
         let owners = &mut owners[..block.len()];
         crate::md5x8::shards(block, num_shards, owners);
-        for (&id, &s) in block.iter().zip(owners.iter()) {
-            parts[s as usize].push(id);
-        }
+        push_by_owner(block, owners, &mut parts);
     }
     parts
+}
+
+/// Appends each id of `ids` to the list of its owner (`owners[i]`), in order.
+#[inline]
+fn push_by_owner(ids: &[u64], owners: &[u32], parts: &mut [Vec<u64>]) {
+    #[cfg(target_arch = "x86_64")]
+    if parts.len() <= 8 && crate::simd::Simd::detect() == crate::simd::Simd::Avx512 {
+        // SAFETY: the CPU has AVX-512F (`Simd::detect`), and popcnt with it.
+        unsafe { push_by_owner_avx512(ids, owners, parts) };
+        return;
+    }
+    for (&id, &s) in ids.iter().zip(owners) {
+        parts[s as usize].push(id);
+    }
+}
+
+/// [`push_by_owner`] eight ids at a time: per owner, the ids it owns packed to the
+/// front of a register (`vpcompressq`) and stored whole at the end of its list, which
+/// then grows by their count. A push per id is a load, compare and store of the list's
+/// length, and the next push to the same list waits on that store.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,popcnt")]
+unsafe fn push_by_owner_avx512(ids: &[u64], owners: &[u32], parts: &mut [Vec<u64>]) {
+    use core::arch::x86_64::*;
+    debug_assert!(parts.len() <= 8 && ids.len() == owners.len());
+    // Every store writes eight lanes past a list's end: room for all of `ids` and that.
+    for p in parts.iter_mut() {
+        p.reserve(ids.len() + 8);
+    }
+    let n = parts.len();
+    let mut ends = [std::ptr::null_mut::<u64>(); 8];
+    for (e, p) in ends.iter_mut().zip(parts.iter_mut()) {
+        // SAFETY: within the allocation (len <= capacity).
+        *e = unsafe { p.as_mut_ptr().add(p.len()) };
+    }
+    let mut chunks = ids.chunks_exact(8);
+    let mut owner_chunks = owners.chunks_exact(8);
+    for (c, o) in (&mut chunks).zip(&mut owner_chunks) {
+        // SAFETY: eight u64s and eight u32s; unaligned loads.
+        let v = unsafe { _mm512_loadu_si512(c.as_ptr() as *const _) };
+        let o = unsafe { _mm256_loadu_si256(o.as_ptr() as *const __m256i) };
+        let o = _mm512_castsi256_si512(o);
+        for (s, end) in ends.iter_mut().enumerate().take(n) {
+            // Lanes 8..16 of `o` are undefined: only the low eight bits of the mask count.
+            let k = _mm512_cmpeq_epi32_mask(o, _mm512_set1_epi32(s as i32)) as u8;
+            // SAFETY: at most `ids.len()` ids go to a list, and eight lanes past them
+            // were reserved above.
+            unsafe {
+                _mm512_storeu_si512(*end as *mut _, _mm512_maskz_compress_epi64(k, v));
+                *end = end.add(k.count_ones() as usize);
+            }
+        }
+    }
+    for (&id, &s) in chunks.remainder().iter().zip(owner_chunks.remainder()) {
+        let end = &mut ends[s as usize];
+        // SAFETY: reserved above.
+        unsafe {
+            end.write(id);
+            *end = end.add(1);
+        }
+    }
+    for (p, &end) in parts.iter_mut().zip(&ends) {
+        // SAFETY: the ids up to `end` were written above, within the capacity.
+        unsafe { p.set_len(end.offset_from(p.as_ptr()) as usize) };
+    }
 }
 
 /// [`partition`] on `threads` cores: contiguous pieces of `ids` routed at once, then
@@ -127,6 +193,34 @@ mod tests {
                 assert_eq!(shard_of(id, n), want, "shard_of({id}, {n})");
             }
             assert_eq!(shard_of(id, 1), 0);
+        }
+    }
+
+    /// The vector push (where the CPU has it) against one push per id: lists that
+    /// already hold ids, every owner count it takes, lengths around its eight lanes.
+    #[test]
+    fn pushing_by_owner_keeps_order_on_every_path() {
+        let mut r = crate::rng::Rng::new(8);
+        for n in 1..=9usize {
+            for len in [0usize, 1, 7, 8, 9, 63, 512] {
+                let ids: Vec<u64> = (0..len).map(|_| r.next_u64()).collect();
+                let owners: Vec<u32> = (0..len).map(|_| r.below(n as u64) as u32).collect();
+                let start: Vec<Vec<u64>> = (0..n).map(|s| vec![s as u64; s % 3]).collect();
+                let mut want = start.clone();
+                for (&id, &s) in ids.iter().zip(&owners) {
+                    want[s as usize].push(id);
+                }
+                let mut got = start.clone();
+                push_by_owner(&ids, &owners, &mut got);
+                assert_eq!(got, want, "dispatched, n {n}, len {len}");
+                #[cfg(target_arch = "x86_64")]
+                if n <= 8 && crate::simd::Simd::detect() == crate::simd::Simd::Avx512 {
+                    let mut got = start.clone();
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { push_by_owner_avx512(&ids, &owners, &mut got) };
+                    assert_eq!(got, want, "avx512, n {n}, len {len}");
+                }
+            }
         }
     }
 
