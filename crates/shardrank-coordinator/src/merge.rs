@@ -38,6 +38,7 @@ pub struct Refetch {
     pub count: usize,
 }
 
+#[derive(Clone, Copy)]
 struct ByLight(Candidate);
 impl Ranked for ByLight {
     fn score(&self) -> f32 {
@@ -48,6 +49,7 @@ impl Ranked for ByLight {
     }
 }
 
+#[derive(Clone, Copy)]
 struct ByHeavy(Candidate);
 impl Ranked for ByHeavy {
     fn score(&self) -> f32 {

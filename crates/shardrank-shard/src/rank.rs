@@ -338,7 +338,7 @@ fn merge_chunks(chunks: Vec<ChunkResult>, keep: usize, out: &mut RankOutput) -> 
         all.retain(|c| kept.insert(c.row));
         keep_best(&mut all, keep);
     }
-    all.sort_unstable_by(shardrank_core::topk::cmp);
+    shardrank_core::topk::sort_ranked(&mut all);
     out.unknown = distinct(&unknown);
     out.excluded = excluded.len();
     all
