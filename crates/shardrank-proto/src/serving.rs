@@ -224,7 +224,12 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     use tracing_subscriber::Layer;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colours only for a person at a terminal: log files stay plain text, and a span's
+    // fields are formatted without escape codes when it opens.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let logged =
         tracing_subscriber::filter::filter_fn(|m| !(m.is_span() && m.target() == TRACE_ONLY));
     match format {

@@ -80,11 +80,29 @@ impl TraceContext {
     }
 
     pub fn header(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, self.trace_id, 32);
+        out.push('-');
+        push_hex(&mut out, self.span_id as u128, 16);
+        out.push_str("-01");
+        out
     }
 
     pub fn trace_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        let mut out = String::with_capacity(32);
+        push_hex(&mut out, self.trace_id, 32);
+        out
+    }
+}
+
+/// Appends the low `digits` nibbles of `v` in lowercase hex, most significant first.
+/// Once or twice per call and request: through `format!`'s padding machinery this was
+/// most of a shard's cost of opening its request span.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (4 * i)) & 0xf) as usize] as char);
     }
 }
 
@@ -102,6 +120,22 @@ mod tests {
         let w3c = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let p = TraceContext::parse(w3c).unwrap();
         assert_eq!(p.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // Leading zeros kept, both ends of the range.
+        let small = TraceContext {
+            trace_id: 0xab,
+            span_id: 1,
+        };
+        assert_eq!(small.trace_hex(), format!("{:032x}", 0xab));
+        assert_eq!(small.header(), format!("00-{:032x}-{:016x}-01", 0xab, 1));
+        let big = TraceContext {
+            trace_id: u128::MAX,
+            span_id: u64::MAX,
+        };
+        assert_eq!(
+            big.header(),
+            format!("00-{}-{}-01", "f".repeat(32), "f".repeat(16))
+        );
+        assert_eq!(TraceContext::parse(&big.header()), Some(big));
         assert_eq!(p.header(), w3c);
         for bad in [
             "",
