@@ -214,6 +214,22 @@ mod tests {
         (send, sent)
     }
 
+    /// Replica 0 stalled for a second; replica 1 answering in 2 ms, faster than the
+    /// 3 ms percentile the tests teach it, so its own calls are never hedged. (Whole
+    /// milliseconds: tokio's timers tick in milliseconds.)
+    fn stalled_then_quick() -> Vec<Fake> {
+        vec![
+            Fake {
+                delay: ms(1000),
+                code: Code::Ok,
+            },
+            Fake {
+                delay: ms(2),
+                code: Code::Ok,
+            },
+        ]
+    }
+
     fn replicas(n: usize, hedge_ratio: f64) -> Arc<ReplicaSet> {
         let urls: Vec<String> = (0..n).map(|i| format!("http://r{i}")).collect();
         Arc::new(ReplicaSet::new(0, &urls, &vec![true; n], hedge_ratio, None))
@@ -332,18 +348,7 @@ mod tests {
         let set = replicas(2, 0.5);
         // Replica 0 looks the faster: it is picked first, then stalls.
         warm(&set, &[ms(1), ms(3)], 40).await;
-        let (send, _) = fakes(vec![
-            Fake {
-                delay: ms(1000),
-                code: Code::Ok,
-            },
-            // Faster than its 3 ms percentile: its own calls are never hedged.
-            // (Whole milliseconds: tokio's timers tick in milliseconds.)
-            Fake {
-                delay: ms(2),
-                code: Code::Ok,
-            },
-        ]);
+        let (send, _) = fakes(stalled_then_quick());
         let mut hedged = 0;
         for _ in 0..10 {
             let t0 = Instant::now();
@@ -382,16 +387,7 @@ mod tests {
             set.deposit();
         }
         assert_eq!(set.pick(None), Some(0));
-        let (send, sent) = fakes(vec![
-            Fake {
-                delay: ms(1000),
-                code: Code::Ok,
-            },
-            Fake {
-                delay: ms(2),
-                code: Code::Ok,
-            },
-        ]);
+        let (send, sent) = fakes(stalled_then_quick());
         let t0 = Instant::now();
         let out = call(
             &set,

@@ -88,9 +88,9 @@ unsafe fn push_by_owner_avx512(ids: &[u64], owners: &[u32], parts: &mut [Vec<u64
         // SAFETY: eight u64s and eight u32s; unaligned loads.
         let v = unsafe { _mm512_loadu_si512(c.as_ptr() as *const _) };
         let o = unsafe { _mm256_loadu_si256(o.as_ptr() as *const __m256i) };
-        let o = _mm512_castsi256_si512(o);
+        let o = _mm512_zextsi256_si512(o);
         for (s, end) in ends.iter_mut().enumerate().take(n) {
-            // Lanes 8..16 of `o` are undefined: only the low eight bits of the mask count.
+            // Lanes 8..16 of `o` are zero: only the low eight bits of the mask count.
             let k = _mm512_cmpeq_epi32_mask(o, _mm512_set1_epi32(s as i32)) as u8;
             // SAFETY: at most `ids.len()` ids go to a list, and eight lanes past them
             // were reserved above.
@@ -100,8 +100,11 @@ unsafe fn push_by_owner_avx512(ids: &[u64], owners: &[u32], parts: &mut [Vec<u64
             }
         }
     }
+    // Indexed within the `n` lists: an owner out of range panics here rather than
+    // writing through a null end.
+    let lists = &mut ends[..n];
     for (&id, &s) in chunks.remainder().iter().zip(owner_chunks.remainder()) {
-        let end = &mut ends[s as usize];
+        let end = &mut lists[s as usize];
         // SAFETY: reserved above.
         unsafe {
             end.write(id);

@@ -98,7 +98,7 @@ impl TraceContext {
 
 /// Appends the low `digits` nibbles of `v` in lowercase hex, most significant first.
 /// Once or twice per call and request: through `format!`'s padding machinery this was
-/// most of a shard's cost of opening its request span.
+/// about a third of what opening a shard's request span cost.
 fn push_hex(out: &mut String, v: u128, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for i in (0..digits).rev() {
