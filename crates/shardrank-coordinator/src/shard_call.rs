@@ -230,6 +230,15 @@ mod tests {
         ]
     }
 
+    /// One call with the default policy and `budget` before its deadline.
+    async fn call_within<F, Fut>(set: &Arc<ReplicaSet>, budget: Duration, send: F) -> Outcome<usize>
+    where
+        F: Fn(usize, Duration) -> Fut,
+        Fut: Future<Output = Result<usize, Status>>,
+    {
+        call(set, Instant::now() + budget, &CallPolicy::default(), send).await
+    }
+
     fn replicas(n: usize, hedge_ratio: f64) -> Arc<ReplicaSet> {
         let urls: Vec<String> = (0..n).map(|i| format!("http://r{i}")).collect();
         Arc::new(ReplicaSet::new(0, &urls, &vec![true; n], hedge_ratio, None))
@@ -261,13 +270,7 @@ mod tests {
                 code: Code::Unavailable,
             },
         ]);
-        let out = call(
-            &set,
-            Instant::now() + ms(100),
-            &CallPolicy::default(),
-            &send,
-        )
-        .await;
+        let out = call_within(&set, ms(100), &send).await;
         assert!(out.retried && out.attempts == 2);
         assert_eq!(out.result.unwrap_err().code(), Code::Unavailable);
         let sent = sent.lock().unwrap().clone();
@@ -291,13 +294,7 @@ mod tests {
         // Replica 0 looks the faster at first.
         warm(&set, &[ms(1), ms(2)], 1).await;
         for _ in 0..20 {
-            let out = call(
-                &set,
-                Instant::now() + ms(100),
-                &CallPolicy::default(),
-                &send,
-            )
-            .await;
+            let out = call_within(&set, ms(100), &send).await;
             assert_eq!(out.result.unwrap(), 1);
         }
         // A failure counts as a slow call: balancing stops choosing the failing replica
@@ -319,7 +316,7 @@ mod tests {
                 code: Code::Ok,
             },
         ]);
-        let out = call(&set, Instant::now() + ms(50), &CallPolicy::default(), &send).await;
+        let out = call_within(&set, ms(50), &send).await;
         assert_eq!(out.result.unwrap_err().code(), Code::DeadlineExceeded);
         assert!(!out.retried);
         assert_eq!(sent.lock().unwrap().len(), 1);
@@ -338,7 +335,7 @@ mod tests {
                 code: Code::InvalidArgument,
             },
         ]);
-        let out = call(&set, Instant::now() + ms(50), &CallPolicy::default(), &send).await;
+        let out = call_within(&set, ms(50), &send).await;
         assert_eq!(out.result.unwrap_err().code(), Code::InvalidArgument);
         assert_eq!(sent.lock().unwrap().len(), 1);
     }
@@ -352,13 +349,7 @@ mod tests {
         let mut hedged = 0;
         for _ in 0..10 {
             let t0 = Instant::now();
-            let out = call(
-                &set,
-                Instant::now() + ms(500),
-                &CallPolicy::default(),
-                &send,
-            )
-            .await;
+            let out = call_within(&set, ms(500), &send).await;
             assert_eq!(out.result.unwrap(), 1);
             if out.hedged {
                 hedged += 1;
@@ -389,13 +380,7 @@ mod tests {
         assert_eq!(set.pick(None), Some(0));
         let (send, sent) = fakes(stalled_then_quick());
         let t0 = Instant::now();
-        let out = call(
-            &set,
-            Instant::now() + ms(500),
-            &CallPolicy::default(),
-            &send,
-        )
-        .await;
+        let out = call_within(&set, ms(500), &send).await;
         assert_eq!(*sent.lock().unwrap(), [0, 1]);
         assert!(out.hedged && out.hedge_won);
         assert_eq!(out.result.unwrap(), 1);
@@ -420,13 +405,7 @@ mod tests {
         ]);
         let mut hedges = 0;
         for _ in 0..100 {
-            let out = call(
-                &set,
-                Instant::now() + ms(500),
-                &CallPolicy::default(),
-                &send,
-            )
-            .await;
+            let out = call_within(&set, ms(500), &send).await;
             assert!(out.result.is_ok());
             hedges += out.hedged as u32;
         }
@@ -442,7 +421,7 @@ mod tests {
             delay: ms(3),
             code: Code::Unavailable,
         }]);
-        let out = call(&set, Instant::now() + ms(50), &CallPolicy::default(), &send).await;
+        let out = call_within(&set, ms(50), &send).await;
         assert!(!out.retried && !out.hedged);
         assert_eq!(out.result.unwrap_err().code(), Code::Unavailable);
         assert_eq!(sent.lock().unwrap().len(), 1);
