@@ -273,14 +273,28 @@ fn shard_rank_25k(b: Bencher) {
 /// shards' stores in turn. `shard_rank_25k` reuses one list, whose rows stay cached.
 #[divan::bench(items_count = 25_000usize, sample_count = 128)]
 fn shard_rank_25k_cold(b: Bencher) {
+    bench_shard_rank_cold(b, 25_000, 300, 32);
+}
+
+/// A rank-1k share (250 candidates, all heavy-scored) where the rows miss the caches,
+/// as in a 4x1 cluster: 256 random lists per shard, taken in turn over the four stores.
+#[divan::bench(items_count = 250usize, sample_count = 1024)]
+fn shard_rank_250_all_heavy_cold(b: Bencher) {
+    bench_shard_rank_cold(b, 250, 250, 256);
+}
+
+/// One shard's Rank of `n` random candidates heavy-scoring the best `count`, each
+/// iteration on the next of `lists` id lists per shard over the four stores in turn, so
+/// that the rows are mostly not cached.
+fn bench_shard_rank_cold(b: Bencher, n: usize, count: usize, lists: usize) {
     let stores = stores();
     let m = Models::builtin();
     let mut r = Rng::new(6);
-    let lists: Vec<(usize, Vec<u64>)> = (0..32)
+    let lists: Vec<(usize, Vec<u64>)> = (0..lists)
         .flat_map(|_| 0..stores.len())
         .map(|k| {
             let s = &stores[k];
-            let ids = (0..25_000)
+            let ids = (0..n)
                 .map(|_| s.id(r.below(s.len() as u64) as u32))
                 .collect();
             (k, ids)
@@ -302,7 +316,7 @@ fn shard_rank_25k_cold(b: Bencher) {
                 ids: black_box(ids),
                 now_ms: CORPUS_END_MS,
                 skip: 0,
-                count: 300,
+                count,
                 deadline: None,
                 light_only: false,
             },

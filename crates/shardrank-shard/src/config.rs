@@ -82,6 +82,11 @@ pub struct ShardConfig {
     /// trace id on every line logged for it). Filter with RUST_LOG.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     pub log_format: shardrank_proto::serving::LogFormat,
+    /// Back the store's big arrays (id index, rows, counters) with transparent huge
+    /// pages, so that a request's random lookups do not also miss the TLB. A hint to
+    /// the kernel: with THP off it changes nothing. `false` keeps the default pages.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub huge_pages: bool,
     /// Parse and check the flags and the model files, print the configuration, and exit
     /// without loading data or binding the port.
     #[arg(long)]

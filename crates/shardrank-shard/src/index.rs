@@ -46,7 +46,7 @@ impl IdIndex {
     pub fn with_capacity(n: usize) -> Self {
         let slots = slots_for(n);
         IdIndex {
-            slots: vec![Slot { id: 0, row: EMPTY }; slots],
+            slots: crate::huge_pages::filled_vec(slots, Slot { id: 0, row: EMPTY }),
             len: 0,
         }
     }
@@ -120,6 +120,11 @@ impl IdIndex {
     pub fn bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Slot>()
     }
+
+    /// Moves the table onto huge pages (see [`crate::huge_pages`]); the bytes advised.
+    pub fn collapse_pages(&self) -> usize {
+        crate::huge_pages::collapse(&self.slots)
+    }
 }
 
 /// Slots for a table of `n` entries: a power of two, at most 70% full.
@@ -191,7 +196,7 @@ impl RowIndex {
     pub fn with_capacity(n: usize) -> Self {
         let slots = slots_for(n);
         RowIndex {
-            slots: vec![FpSlot { fp: 0, row: EMPTY }; slots],
+            slots: crate::huge_pages::filled_vec(slots, FpSlot { fp: 0, row: EMPTY }),
             len: 0,
             fp_mask: u32::MAX,
         }
@@ -290,6 +295,11 @@ impl RowIndex {
 
     pub fn bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<FpSlot>()
+    }
+
+    /// Moves the table onto huge pages (see [`crate::huge_pages`]); the bytes advised.
+    pub fn collapse_pages(&self) -> usize {
+        crate::huge_pages::collapse(&self.slots)
     }
 
     /// Fingerprints of `bits` bits only, so that they collide (tests of the checks).

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod huge_pages;
 pub mod index;
 pub mod ingest;
 pub mod metrics;

@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
     if let Err(e) = cfg.validate() {
         return fail(e);
     }
+    shardrank_shard::huge_pages::set_enabled(cfg.huge_pages);
     let source = match cfg.source() {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -194,6 +195,7 @@ async fn main() -> ExitCode {
                         events = store.stats.events,
                         bytes_per_post = store.post_bytes() as f64 / store.len().max(1) as f64,
                         author_table_bytes = store.author_bytes(),
+                        huge_page_bytes = shardrank_shard::huge_pages::resident_bytes(),
                         watermark_ms = store.watermark_ms,
                         secs = t0.elapsed().as_secs_f64(),
                         "partition loaded: serving"

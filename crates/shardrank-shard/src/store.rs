@@ -194,6 +194,29 @@ impl PostStore {
             self.refresh_post(r);
         }
         self.live = true;
+        self.collapse_pages();
+    }
+
+    /// Moves the arrays a request reads at random onto huge pages (see
+    /// [`crate::huge_pages`]); the bytes advised. A rebuilt index is advised afresh; an
+    /// array that ingestion grows past its capacity (it doubles, so rarely) may lose
+    /// the advice if the allocator moves it, until the next load.
+    pub fn collapse_pages(&self) -> usize {
+        use crate::huge_pages::collapse;
+        let a = &self.authors;
+        self.index.collapse_pages()
+            + collapse(&self.hot)
+            + collapse(&self.text_len)
+            + collapse(&self.likes)
+            + collapse(&self.retweets)
+            + collapse(&self.replies)
+            + collapse(&self.windows)
+            + a.index.collapse_pages()
+            + collapse(&a.ids)
+            + collapse(&a.followers)
+            + collapse(&a.posts)
+            + collapse(&a.cluster)
+            + collapse(&a.light_part)
     }
 
     fn refresh_author(&mut self, a: usize) {
