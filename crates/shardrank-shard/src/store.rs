@@ -68,6 +68,18 @@ impl Hot {
     }
 }
 
+/// What only the heavy ranker and ingestion read of a post: 16 bytes on a 16-byte
+/// boundary, so the heavy stage's gather waits for one line per post where a column per
+/// counter made it wait for four.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(16))]
+pub struct Counts {
+    pub likes: u32,
+    pub retweets: u32,
+    pub replies: u32,
+    pub text_len: u16,
+}
+
 /// Users as authors: what the author features need.
 #[derive(Default)]
 pub struct Authors {
@@ -132,10 +144,8 @@ pub struct PostStore {
     index: RowIndex,
     /// Rows: a post's id is in its hot row.
     pub hot: Vec<Hot>,
-    pub text_len: Vec<u16>,
-    pub likes: Vec<u32>,
-    pub retweets: Vec<u32>,
-    pub replies: Vec<u32>,
+    /// Rows: engagement counters and text length.
+    pub counts: Vec<Counts>,
     /// Engagement per post over the last ten 60-second windows (trending's velocity).
     pub windows: Vec<crate::windows::Windows>,
     pub authors: Authors,
@@ -154,10 +164,7 @@ impl PostStore {
             num_shards,
             index: RowIndex::default(),
             hot: Vec::new(),
-            text_len: Vec::new(),
-            likes: Vec::new(),
-            retweets: Vec::new(),
-            replies: Vec::new(),
+            counts: Vec::new(),
             windows: Vec::new(),
             authors: Authors::default(),
             light,
@@ -173,10 +180,7 @@ impl PostStore {
         self.index
             .reserve(hot.len() as u32, posts, |r| hot[r as usize].id);
         self.hot.reserve(posts);
-        self.text_len.reserve(posts);
-        self.likes.reserve(posts);
-        self.retweets.reserve(posts);
-        self.replies.reserve(posts);
+        self.counts.reserve(posts);
         self.windows.reserve(posts);
     }
 
@@ -206,10 +210,7 @@ impl PostStore {
         let a = &self.authors;
         self.index.collapse_pages()
             + collapse(&self.hot)
-            + collapse(&self.text_len)
-            + collapse(&self.likes)
-            + collapse(&self.retweets)
-            + collapse(&self.replies)
+            + collapse(&self.counts)
             + collapse(&self.windows)
             + a.index.collapse_pages()
             + collapse(&a.ids)
@@ -306,19 +307,16 @@ impl PostStore {
         crate::index::prefetch(&self.hot[row as usize]);
     }
 
-    /// Hints the CPU to fetch what [`Self::view`] of `row` reads: one entry in each of
-    /// four columns and two of the author's, each a cache miss on its own (the hot row
-    /// is usually still cached from the light stage; the windows are read only for the
-    /// few posts with recent engagement).
+    /// Hints the CPU to fetch what [`Self::view`] of `row` reads: its counts and two
+    /// columns of its author's, each a cache miss on its own (the hot row is usually
+    /// still cached from the light stage; the windows are read only for the few posts
+    /// with recent engagement).
     #[inline]
     pub fn prefetch_view(&self, row: u32) {
         use crate::index::prefetch;
         let r = row as usize;
         let a = self.hot[r].author as usize;
-        prefetch(&self.text_len[r]);
-        prefetch(&self.likes[r]);
-        prefetch(&self.retweets[r]);
-        prefetch(&self.replies[r]);
+        prefetch(&self.counts[r]);
         prefetch(&self.authors.followers[a]);
         prefetch(&self.authors.posts[a]);
     }
@@ -327,17 +325,17 @@ impl PostStore {
     #[inline]
     pub fn view(&self, row: u32, now_ms: i64) -> PostView {
         let r = row as usize;
-        let h = &self.hot[r];
+        let (h, c) = (&self.hot[r], &self.counts[r]);
         let a = h.author as usize;
         PostView {
             created_at: h.created_at,
             has_media: h.has_media(),
             is_reply: h.is_reply(),
-            text_len: self.text_len[r],
+            text_len: c.text_len,
             lang: h.lang,
-            likes: self.likes[r],
-            retweets: self.retweets[r],
-            replies: self.replies[r],
+            likes: c.likes,
+            retweets: c.retweets,
+            replies: c.replies,
             velocity: self.velocity(row, now_ms),
             author_followers: self.authors.followers[a],
             author_posts: self.authors.posts[a],
@@ -481,10 +479,11 @@ impl PostStore {
                     return;
                 };
                 let r = row as usize;
+                let counts = &mut self.counts[r];
                 let c = match g.kind {
-                    EngagementKind::Like => &mut self.likes[r],
-                    EngagementKind::Retweet => &mut self.retweets[r],
-                    EngagementKind::Reply => &mut self.replies[r],
+                    EngagementKind::Like => &mut counts.likes,
+                    EngagementKind::Retweet => &mut counts.retweets,
+                    EngagementKind::Reply => &mut counts.replies,
                 };
                 *c = c.saturating_add(1);
                 if !self.windows[r].add(g.timestamp, self.watermark_ms) {
@@ -532,10 +531,12 @@ impl PostStore {
             flags,
             newest_window: 0,
         });
-        self.text_len.push(t.text_len);
-        self.likes.push(t.likes);
-        self.retweets.push(t.retweets);
-        self.replies.push(t.replies);
+        self.counts.push(Counts {
+            likes: t.likes,
+            retweets: t.retweets,
+            replies: t.replies,
+            text_len: t.text_len,
+        });
         self.windows.push(Default::default());
         self.stats.posts_added += 1;
         if self.live {
@@ -547,8 +548,9 @@ impl PostStore {
     /// Bytes held for posts: rows at their capacity plus the index. Authors are
     /// reported apart, as they do not scale with posts.
     pub fn post_bytes(&self) -> usize {
-        let per_row =
-            std::mem::size_of::<Hot>() + 2 + 3 * 4 + std::mem::size_of::<crate::windows::Windows>();
+        let per_row = std::mem::size_of::<Hot>()
+            + std::mem::size_of::<Counts>()
+            + std::mem::size_of::<crate::windows::Windows>();
         self.hot.capacity() * per_row + self.index.bytes()
     }
 
@@ -666,7 +668,7 @@ mod tests {
             }
             b.apply_batch(&events);
             assert!(a.ids().eq(b.ids()));
-            assert_eq!(a.likes, b.likes);
+            assert_eq!(a.counts, b.counts);
             assert_eq!(a.windows, b.windows);
             assert_eq!(a.authors.followers, b.authors.followers);
             assert_eq!(a.authors.posts, b.authors.posts);
@@ -709,7 +711,7 @@ mod tests {
         split.apply_batch_from(&posts, Feed::Posts);
         split.apply_batch_from(&users[users.len() / 2..], Feed::Users);
         assert!(split.ids().eq(whole.ids()));
-        assert_eq!(split.likes, whole.likes);
+        assert_eq!(split.counts, whole.counts);
         assert_eq!(split.windows, whole.windows);
         // Event time per partition: the split store has seen only its posts' events.
         assert!(split.watermark_ms <= whole.watermark_ms && split.watermark_ms > 0);

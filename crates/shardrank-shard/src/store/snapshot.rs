@@ -10,7 +10,7 @@
 //! model of the process that loads it) is rebuilt on load. Written to a temporary file and
 //! renamed, so a crash mid-write leaves the previous snapshot.
 
-use super::{Authors, Hot, IngestStats, PostStore};
+use super::{Authors, Counts, Hot, IngestStats, PostStore};
 use shardrank_core::model::LightModel;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -132,10 +132,10 @@ impl PostStore {
             put_col!(w, self.hot.iter().map(|h| h.author));
             put_col!(w, self.hot.iter().map(|h| h.lang));
             put_col!(w, self.hot.iter().map(|h| h.flags));
-            put_col!(w, &self.text_len);
-            put_col!(w, &self.likes);
-            put_col!(w, &self.retweets);
-            put_col!(w, &self.replies);
+            put_col!(w, self.counts.iter().map(|c| c.text_len));
+            put_col!(w, self.counts.iter().map(|c| c.likes));
+            put_col!(w, self.counts.iter().map(|c| c.retweets));
+            put_col!(w, self.counts.iter().map(|c| c.replies));
             put_col!(w, self.windows.iter().map(|x| x.newest));
             for x in &self.windows {
                 put_col!(w, x.counts);
@@ -247,10 +247,18 @@ impl PostStore {
                 newest_window: 0,
             })
             .collect();
-        store.text_len = take_col!(r, u16, n);
-        store.likes = take_col!(r, u32, n);
-        store.retweets = take_col!(r, u32, n);
-        store.replies = take_col!(r, u32, n);
+        let text_len = take_col!(r, u16, n);
+        let likes = take_col!(r, u32, n);
+        let retweets = take_col!(r, u32, n);
+        let replies = take_col!(r, u32, n);
+        store.counts = (0..n)
+            .map(|k| Counts {
+                likes: likes[k],
+                retweets: retweets[k],
+                replies: replies[k],
+                text_len: text_len[k],
+            })
+            .collect();
         let newest = take_col!(r, i32, n);
         store.windows = Vec::with_capacity(n);
         for &newest in &newest {
