@@ -111,11 +111,11 @@ fn light_score_from_parts(b: Bencher) {
                 parts.push(
                     &m.light,
                     h.light_part,
-                    s.authors.light_part[a],
+                    s.authors.rows[a].light_part,
                     h.created_at,
                     h.lang,
                     h.has_media(),
-                    s.authors.cluster[a],
+                    s.authors.rows[a].cluster,
                     false,
                     light_parts::velocity(&m.light, s.velocity(row, CORPUS_END_MS)),
                     &user,

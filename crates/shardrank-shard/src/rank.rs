@@ -164,7 +164,7 @@ fn features(
 }
 
 /// Ids looked up together, in stages: their index slots are prefetched, then their hot
-/// rows, then their authors' entries, so that the cache misses of a batch overlap
+/// rows, then their authors' rows, so that the cache misses of a batch overlap
 /// instead of queueing one by one.
 const BATCH: usize = light_parts::BATCH;
 
@@ -233,7 +233,7 @@ fn light_chunk(
         }
         // The row confirms the index's fingerprint match (a wrong row is about one
         // probe in four billion: then the exact lookup). A repeated id is ranked once;
-        // the first time, its author's entries are fetched while the rest of the batch
+        // the first time, its author's row is fetched while the rest of the batch
         // is looked at.
         let mut m = 0;
         for i in 0..n {
@@ -249,8 +249,7 @@ fn light_chunk(
             }
             if seen.insert(row) {
                 let a = store.hot[row as usize].author as usize;
-                prefetch(&authors.light_part[a]);
-                prefetch(&authors.cluster[a]);
+                prefetch(&authors.rows[a]);
                 rows[m] = row;
                 row_ids[m] = row_ids[i];
                 m += 1;
@@ -269,11 +268,11 @@ fn light_chunk(
             parts.push(
                 light,
                 h.light_part,
-                authors.light_part[a as usize],
+                authors.rows[a as usize].light_part,
                 h.created_at,
                 h.lang,
                 h.has_media(),
-                authors.cluster[a as usize],
+                authors.rows[a as usize].cluster,
                 user.view.known && user.followees.contains(a),
                 light_parts::velocity(light, store.velocity_in(row, now_ms, now_window)),
                 &user.view,

@@ -81,7 +81,7 @@ pub fn retrieve(store: &PostStore, p: &Params) -> (Vec<Found>, usize) {
             Source::InNetwork => continue,
             Source::OutOfNetwork if followed => continue,
             Source::OutOfNetwork => {
-                let cluster = store.authors.cluster[a as usize];
+                let cluster = store.authors.rows[a as usize].cluster;
                 match user
                     .view
                     .interests
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn out_of_network_matches_interests_and_skips_follows_and_exclusions() {
         let s = store();
-        let cluster = s.authors.cluster[s.hot[s.len() - 1].author as usize];
+        let cluster = s.authors.rows[s.hot[s.len() - 1].author as usize].cluster;
         let view = UserView {
             known: true,
             lang: 0,
@@ -176,7 +176,7 @@ mod tests {
         assert!(!got.is_empty());
         for f in &got {
             let a = s.hot[f.row as usize].author;
-            assert_eq!(s.authors.cluster[a as usize], cluster);
+            assert_eq!(s.authors.rows[a as usize].cluster, cluster);
             assert!(!user.followees.contains(a));
             assert!(!user.excluded.contains(a));
         }

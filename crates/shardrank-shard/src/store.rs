@@ -5,9 +5,10 @@
 //! per post with the index. A candidate's lookup is two cache misses: its slot in the
 //! fingerprinted index (8 bytes), then its 32-byte [`Hot`] row, which holds what the
 //! light ranker reads and the id that confirms the match. What only the heavy ranker
-//! and ingestion read stays in plain columns. Authors are kept for every user the shard
-//! hears of (not only its partition's), so author features are global and identical on
-//! every shard.
+//! and ingestion read is a 16-byte [`Counts`] row, and what the features read of an
+//! author a 16-byte [`Author`] row: one line each. Authors are kept for every user the
+//! shard hears of (not only its partition's), so author features are global and
+//! identical on every shard. The big arrays are on huge pages ([`crate::huge_pages`]).
 
 mod snapshot;
 pub use snapshot::{path as snapshot_path, SnapshotMeta};
@@ -80,17 +81,27 @@ pub struct Counts {
     pub text_len: u16,
 }
 
+/// What the features read of an author, together: 16 bytes on a 16-byte boundary, so
+/// the light stage's two reads (light part, cluster) and the heavy stage's two
+/// (followers, posts) are one line, often still cached from the light stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C, align(16))]
+pub struct Author {
+    /// The author's request-independent part of the light logit.
+    pub light_part: f32,
+    pub cluster: u32,
+    pub followers: u32,
+    pub posts: u32,
+}
+
 /// Users as authors: what the author features need.
 #[derive(Default)]
 pub struct Authors {
     index: IdIndex,
     pub ids: Vec<u64>,
-    pub followers: Vec<u32>,
-    pub posts: Vec<u32>,
-    pub cluster: Vec<u32>,
+    /// By author row, as `ids`.
+    pub rows: Vec<Author>,
     pub lang: Vec<Lang>,
-    /// The author's request-independent part of the light logit.
-    pub light_part: Vec<f32>,
 }
 
 impl Authors {
@@ -105,11 +116,8 @@ impl Authors {
         let i = self.ids.len() as u32;
         self.index.insert(id, i);
         self.ids.push(id);
-        self.followers.push(0);
-        self.posts.push(0);
-        self.cluster.push(0);
+        self.rows.push(Author::default());
         self.lang.push(0);
-        self.light_part.push(0.0);
         i
     }
 
@@ -214,15 +222,12 @@ impl PostStore {
             + collapse(&self.windows)
             + a.index.collapse_pages()
             + collapse(&a.ids)
-            + collapse(&a.followers)
-            + collapse(&a.posts)
-            + collapse(&a.cluster)
-            + collapse(&a.light_part)
+            + collapse(&a.rows)
     }
 
     fn refresh_author(&mut self, a: usize) {
-        let au = &self.authors;
-        self.authors.light_part[a] = light_parts::author(&self.light, au.followers[a], au.posts[a]);
+        let au = &mut self.authors.rows[a];
+        au.light_part = light_parts::author(&self.light, au.followers, au.posts);
     }
 
     fn refresh_post(&mut self, r: usize) {
@@ -307,18 +312,17 @@ impl PostStore {
         crate::index::prefetch(&self.hot[row as usize]);
     }
 
-    /// Hints the CPU to fetch what [`Self::view`] of `row` reads: its counts and two
-    /// columns of its author's, each a cache miss on its own (the hot row is usually
-    /// still cached from the light stage; the windows are read only for the few posts
-    /// with recent engagement).
+    /// Hints the CPU to fetch what [`Self::view`] of `row` reads: its counts and its
+    /// author's row (the hot row is usually still cached from the light stage, the
+    /// author's often; the windows are read only for the few posts with recent
+    /// engagement).
     #[inline]
     pub fn prefetch_view(&self, row: u32) {
         use crate::index::prefetch;
         let r = row as usize;
         let a = self.hot[r].author as usize;
         prefetch(&self.counts[r]);
-        prefetch(&self.authors.followers[a]);
-        prefetch(&self.authors.posts[a]);
+        prefetch(&self.authors.rows[a]);
     }
 
     /// The features' view of a row at the clock `now_ms`.
@@ -337,9 +341,9 @@ impl PostStore {
             retweets: c.retweets,
             replies: c.replies,
             velocity: self.velocity(row, now_ms),
-            author_followers: self.authors.followers[a],
-            author_posts: self.authors.posts[a],
-            author_cluster: self.authors.cluster[a],
+            author_followers: self.authors.rows[a].followers,
+            author_posts: self.authors.rows[a].posts,
+            author_cluster: self.authors.rows[a].cluster,
         }
     }
 
@@ -429,7 +433,7 @@ impl PostStore {
             // The author's activity: counted from the user topic's copy of every post.
             (Event::NewTweet(t), Feed::Users) => {
                 let a = self.authors.get_or_insert(t.author_id) as usize;
-                self.authors.posts[a] += 1;
+                self.authors.rows[a].posts += 1;
                 if self.live {
                     self.refresh_author(a);
                 }
@@ -446,20 +450,20 @@ impl PostStore {
         match e {
             Event::User(u) => {
                 let a = self.authors.get_or_insert(u.user_id) as usize;
-                self.authors.cluster[a] = u.known_for;
+                self.authors.rows[a].cluster = u.known_for;
                 self.authors.lang[a] = u.lang;
             }
             Event::Social(s) => match s.kind {
                 SocialKind::Follow => {
                     let a = self.authors.get_or_insert(s.target_id) as usize;
-                    self.authors.followers[a] += 1;
+                    self.authors.rows[a].followers += 1;
                     if self.live {
                         self.refresh_author(a);
                     }
                 }
                 SocialKind::Unfollow => {
                     if let Some(a) = self.authors.get(s.target_id) {
-                        let f = &mut self.authors.followers[a as usize];
+                        let f = &mut self.authors.rows[a as usize].followers;
                         *f = f.saturating_sub(1);
                         if self.live {
                             self.refresh_author(a as usize);
@@ -504,7 +508,7 @@ impl PostStore {
         let a = self.authors.get_or_insert(t.author_id);
         if !owned {
             // Not ours, but the author's activity is a global feature.
-            self.authors.posts[a as usize] += 1;
+            self.authors.rows[a as usize].posts += 1;
             if self.live {
                 self.refresh_author(a as usize);
             }
@@ -518,7 +522,7 @@ impl PostStore {
             return;
         }
         if count_author {
-            self.authors.posts[a as usize] += 1;
+            self.authors.rows[a as usize].posts += 1;
         }
         let flags = if t.has_media { FLAG_MEDIA } else { 0 }
             | if t.reply_to.is_some() { FLAG_REPLY } else { 0 };
@@ -598,7 +602,7 @@ mod tests {
             assert!(s.ids().all(|id| shard_of(id, 3) == s.shard_index));
             let a = s.authors.get(7).unwrap() as usize;
             assert_eq!(
-                s.authors.posts[a],
+                s.authors.rows[a].posts,
                 ids.len() as u32,
                 "author activity is global"
             );
@@ -648,7 +652,7 @@ mod tests {
         let m = defaults::light();
         assert_eq!(s.hot[0].light_part, light_parts::post(&m, &v));
         let a = s.author(0) as usize;
-        assert_eq!(s.authors.light_part[a], light_parts::author(&m, 1, 1));
+        assert_eq!(s.authors.rows[a].light_part, light_parts::author(&m, 1, 1));
         assert_eq!(v.author_followers, 1);
         assert!(v.has_media && !v.is_reply);
         assert_eq!(s.stats.orphan_engagements, 1);
@@ -670,8 +674,7 @@ mod tests {
             assert!(a.ids().eq(b.ids()));
             assert_eq!(a.counts, b.counts);
             assert_eq!(a.windows, b.windows);
-            assert_eq!(a.authors.followers, b.authors.followers);
-            assert_eq!(a.authors.posts, b.authors.posts);
+            assert_eq!(a.authors.rows, b.authors.rows);
             assert_eq!(a.stats, b.stats);
             let bits = |s: &PostStore| {
                 s.hot
@@ -726,20 +729,20 @@ mod tests {
             let b = split.authors.get(id).unwrap() as usize;
             assert_eq!(
                 (
-                    whole.authors.posts[a],
-                    whole.authors.followers[a],
-                    whole.authors.cluster[a]
+                    whole.authors.rows[a].posts,
+                    whole.authors.rows[a].followers,
+                    whole.authors.rows[a].cluster
                 ),
                 (
-                    split.authors.posts[b],
-                    split.authors.followers[b],
-                    split.authors.cluster[b]
+                    split.authors.rows[b].posts,
+                    split.authors.rows[b].followers,
+                    split.authors.rows[b].cluster
                 ),
                 "author {id}"
             );
             assert_eq!(
-                whole.authors.light_part[a].to_bits(),
-                split.authors.light_part[b].to_bits()
+                whole.authors.rows[a].light_part.to_bits(),
+                split.authors.rows[b].light_part.to_bits()
             );
         }
     }

@@ -10,7 +10,7 @@
 //! model of the process that loads it) is rebuilt on load. Written to a temporary file and
 //! renamed, so a crash mid-write leaves the previous snapshot.
 
-use super::{Authors, Counts, Hot, IngestStats, PostStore};
+use super::{Author, Authors, Counts, Hot, IngestStats, PostStore};
 use shardrank_core::model::LightModel;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -143,9 +143,9 @@ impl PostStore {
             let a = &self.authors;
             w.put(&(a.len() as u64).to_le_bytes())?;
             put_col!(w, &a.ids);
-            put_col!(w, &a.followers);
-            put_col!(w, &a.posts);
-            put_col!(w, &a.cluster);
+            put_col!(w, a.rows.iter().map(|x| x.followers));
+            put_col!(w, a.rows.iter().map(|x| x.posts));
+            put_col!(w, a.rows.iter().map(|x| x.cluster));
             put_col!(w, &a.lang);
             let sum = w.hash;
             w.inner.write_all(&sum.to_le_bytes())?;
@@ -277,13 +277,21 @@ impl PostStore {
         if na > file_len / 8 {
             return Err(bad(format!("author count {na} does not fit the file")));
         }
+        let ids = take_col!(r, u64, na);
+        let followers = take_col!(r, u32, na);
+        let posts = take_col!(r, u32, na);
+        let cluster = take_col!(r, u32, na);
         let mut authors = Authors {
-            ids: take_col!(r, u64, na),
-            followers: take_col!(r, u32, na),
-            posts: take_col!(r, u32, na),
-            cluster: take_col!(r, u32, na),
+            ids,
+            rows: (0..na)
+                .map(|k| Author {
+                    light_part: 0.0,
+                    cluster: cluster[k],
+                    followers: followers[k],
+                    posts: posts[k],
+                })
+                .collect(),
             lang: take_col!(r, u16, na),
-            light_part: vec![0.0; na],
             ..Default::default()
         };
         let want = r.hash;
@@ -366,9 +374,11 @@ mod tests {
             );
             assert_eq!(t.row(s.id(r as u32)), Some(r as u32));
         }
+        assert_eq!(t.counts, s.counts);
         assert_eq!(t.windows, s.windows);
         assert_eq!(t.authors.ids, s.authors.ids);
-        assert_eq!(t.authors.light_part, s.authors.light_part);
+        assert_eq!(t.authors.rows, s.authors.rows);
+        assert_eq!(t.authors.lang, s.authors.lang);
         for (a, &id) in s.authors.ids.iter().enumerate() {
             assert_eq!(t.authors.get(id), Some(a as u32));
         }
