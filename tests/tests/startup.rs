@@ -30,6 +30,11 @@ fn bad_flags_are_named() {
     assert_fails("shardrank-shard", &["--corpus", "huge"], "huge");
     assert_fails(
         "shardrank-shard",
+        &["--huge-pages", "maybe"],
+        "--huge-pages",
+    );
+    assert_fails(
+        "shardrank-shard",
         &["--events", "/nonexistent/events.jsonl"],
         "/nonexistent/events.jsonl",
     );
@@ -183,6 +188,7 @@ fn help_documents_every_flag() {
         "--snapshot-dir",
         "--live-events-per-sec",
         "--dead-letter-file",
+        "--huge-pages",
     ] {
         assert!(out.contains(flag), "shard --help lacks {flag}");
     }
