@@ -1,5 +1,5 @@
 # shardrank: the two commands of the README, and the pieces they are made of.
-.PHONY: all build release demo test bench bench-scaling bench-floor chaos ingest-bench microbench k8s-validate fmt lint clean
+.PHONY: all build release demo test bench bench-scaling bench-floor bench-compare chaos ingest-bench microbench k8s-validate fmt lint clean
 
 CARGO ?= cargo
 
@@ -32,6 +32,12 @@ bench-scaling: release
 # the real request: qps and CPU per request by process (see BENCHMARKS.md).
 bench-floor: release
 	bench/floor.sh
+
+# Whether a change made the cluster faster: interleaved pairs of fresh 4x1 clusters,
+# BASE (a commit, or a directory of release binaries) against this tree's build; the
+# medians and how many pairs went each way (PAIRS=4). See bench/compare.sh.
+bench-compare: release
+	bench/compare.sh
 
 # Fault scenarios under load (kill a shard or a replica, stall a replica, 10x overload)
 # on the standard corpus, printed per phase; the same scenarios are asserted by

@@ -33,38 +33,9 @@ sys.stdout.write("".join(f"{10**18 + 7919 * i}\n" for i in range(1_000_000)))' \
   > "$logs/unknown-ids.txt"
 
 start_cluster "$bin" "$shards" "${BASE_PORT:-7500}" standard "$logs"
-tick=$(getconf CLK_TCK)
-# utime + stime, in clock ticks, of this cluster's processes (children of `shardrank
-# up`) whose command line matches $1.
-cpu_ticks() {
-  local t=0 p
-  for p in $(pgrep -P "$UP_PID" -f "$1"); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$t"
-}
-# run WORKLOAD [loadtest flags...] -> "qps coordinator_ms shards_ms" per request
-run() {
-  local w=$1 c0 s0 c1 s1 report n
-  shift
-  "$bin/shardrank-loadtest" --target "$COORDINATOR_URL" --workload "$w" --concurrency 8 \
-    --duration 2s --warmup 0s --quiet "$@" >/dev/null
-  c0=$(cpu_ticks shardrank-coordinator)
-  s0=$(cpu_ticks shardrank-shard)
-  report=$("$bin/shardrank-loadtest" --target "$COORDINATOR_URL" --workload "$w" \
-    --concurrency 8 --duration "$duration" --warmup 0s --quiet "$@")
-  c1=$(cpu_ticks shardrank-coordinator)
-  s1=$(cpu_ticks shardrank-shard)
-  if ! grep -q 'errors none' <<<"$report"; then
-    echo "floor: $w $* had errors:" >&2
-    echo "$report" >&2
-    exit 1
-  fi
-  n=$(grep -o 'requests [0-9]*' <<<"$report" | awk '{print $2}')
-  awk -v n="$n" -v q="$(grep -o 'qps [0-9.]*' <<<"$report" | awk '{print $2}')" \
-    -v c=$((c1 - c0)) -v s=$((s1 - s0)) -v t="$tick" \
-    'BEGIN {printf "%.1f %.3f %.3f\n", q, c * 1000 / t / n, s * 1000 / t / n}'
-}
+# shellcheck source=bench/measure.sh
+. "$here/measure.sh"
+run() { measure "$bin" "$duration" "$@"; }
 
 {
   echo "Fan-out floor, ${shards}x1, standard corpus, commit $commit, $(date -u +%Y-%m-%d), closed loop at 8, $duration per run"
