@@ -33,6 +33,48 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// [`exp`] of 16 lanes in AVX-512 registers: the same operations in the same order,
+/// none fused, so every lane has [`exp`]'s bits (NaN included: the clamp's operands are
+/// ordered so that a NaN goes through, as `f32::clamp` lets it).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub fn exp_avx512(x: core::arch::x86_64::__m512) -> core::arch::x86_64::__m512 {
+    use core::arch::x86_64::*;
+    let c = _mm512_set1_ps;
+    // min/max return their second operand when either is NaN.
+    let x = _mm512_max_ps(c(-87.0), _mm512_min_ps(c(88.0), x));
+    let n = _mm512_sub_ps(
+        _mm512_add_ps(_mm512_mul_ps(x, c(LOG2E)), c(ROUND)),
+        c(ROUND),
+    );
+    let r = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, c(LN2_HI))),
+        _mm512_mul_ps(n, c(LN2_LO)),
+    );
+    let mut p = c(1.987_569_1e-4);
+    for k in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ] {
+        p = _mm512_add_ps(_mm512_mul_ps(p, r), c(k));
+    }
+    let y = _mm512_add_ps(
+        _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
+        c(1.0),
+    );
+    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvttps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+}
+
 /// ln(x) for a positive, normal `x` (the features pass counts + 1 and ages + 1).
 #[inline(always)]
 pub fn ln(x: f32) -> f32 {
@@ -91,6 +133,57 @@ mod tests {
             assert!(ulps(got, want) <= 2, "exp({x}) = {got}, libm {want}");
         }
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_exp_gives_the_scalar_bits() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512 on this CPU: nothing to compare");
+            return;
+        }
+        let special = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            87.0,
+            -87.0,
+            88.0,
+            88.5,
+            -87.5,
+            -1000.0,
+            1000.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+        ];
+        let xs: Vec<f32> = special
+            .into_iter()
+            .chain(sweep(0.0, 100.0))
+            .chain(sweep(0.0, 100.0).map(|x| -x))
+            .collect();
+        for lanes in xs.chunks(16) {
+            let mut v = [0.0f32; 16];
+            v[..lanes.len()].copy_from_slice(lanes);
+            let mut got = [0.0f32; 16];
+            // SAFETY: AVX-512F is checked above; 16-float arrays on both sides.
+            unsafe {
+                use core::arch::x86_64::*;
+                let r = exp_avx512(_mm512_loadu_ps(v.as_ptr()));
+                _mm512_storeu_ps(got.as_mut_ptr(), r);
+            }
+            for (x, g) in v.iter().zip(got) {
+                assert_eq!(
+                    g.to_bits(),
+                    exp(*x).to_bits(),
+                    "exp({x}): {g} vs {}",
+                    exp(*x)
+                );
+            }
+        }
     }
 
     #[test]
