@@ -15,6 +15,16 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// integer without a call to `roundf` (SSE2 has no rounding instruction).
 const ROUND: f32 = 12_582_912.0;
 
+/// The polynomial of `exp` on the reduced argument, highest power first (Horner).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5e-1,
+];
+
 /// e^x. Arguments are clamped to [-87, 88] (results stay normal floats: below that
 /// the features need no more than "about 0").
 #[inline(always)]
@@ -22,12 +32,10 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let y = p * r * r + r + 1.0;
     // 2^n from the exponent bits; n is in [-126, 127] after the clamp.
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
@@ -54,14 +62,8 @@ pub fn exp_avx512(x: core::arch::x86_64::__m512) -> core::arch::x86_64::__m512 {
         _mm512_sub_ps(x, _mm512_mul_ps(n, c(LN2_HI))),
         _mm512_mul_ps(n, c(LN2_LO)),
     );
-    let mut p = c(1.987_569_1e-4);
-    for k in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
+    let mut p = c(EXP_POLY[0]);
+    for &k in &EXP_POLY[1..] {
         p = _mm512_add_ps(_mm512_mul_ps(p, r), c(k));
     }
     let y = _mm512_add_ps(

@@ -265,14 +265,15 @@ fn light_chunk(
                 excluded_rows.push(row);
                 continue;
             }
+            let au = &authors.rows[a as usize];
             parts.push(
                 light,
                 h.light_part,
-                authors.rows[a as usize].light_part,
+                au.light_part,
                 h.created_at,
                 h.lang,
                 h.has_media(),
-                authors.rows[a as usize].cluster,
+                au.cluster,
                 user.view.known && user.followees.contains(a),
                 light_parts::velocity(light, store.velocity_in(row, now_ms, now_window)),
                 &user.view,

@@ -1,7 +1,7 @@
 //! The partition's post store: arrays indexed by row, an id-to-row index, and the
 //! author table the features read.
 //!
-//! Arrays rather than a map of heap objects: one allocation per array, about 90 bytes
+//! Arrays rather than a map of heap objects: one allocation per array, about 92 bytes
 //! per post with the index. A candidate's lookup is two cache misses: its slot in the
 //! fingerprinted index (8 bytes), then its 32-byte [`Hot`] row, which holds what the
 //! light ranker reads and the id that confirms the match. What only the heavy ranker
@@ -330,7 +330,7 @@ impl PostStore {
     pub fn view(&self, row: u32, now_ms: i64) -> PostView {
         let r = row as usize;
         let (h, c) = (&self.hot[r], &self.counts[r]);
-        let a = h.author as usize;
+        let au = &self.authors.rows[h.author as usize];
         PostView {
             created_at: h.created_at,
             has_media: h.has_media(),
@@ -341,9 +341,9 @@ impl PostStore {
             retweets: c.retweets,
             replies: c.replies,
             velocity: self.velocity(row, now_ms),
-            author_followers: self.authors.rows[a].followers,
-            author_posts: self.authors.rows[a].posts,
-            author_cluster: self.authors.rows[a].cluster,
+            author_followers: au.followers,
+            author_posts: au.posts,
+            author_cluster: au.cluster,
         }
     }
 

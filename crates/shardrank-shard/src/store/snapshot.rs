@@ -86,6 +86,15 @@ macro_rules! take_col {
     }};
 }
 
+/// Reads one column of the file into field `$field` of every row of `$rows`.
+macro_rules! take_field {
+    ($r:expr, $rows:expr, $field:ident, $t:ty) => {
+        for row in $rows.iter_mut() {
+            row.$field = <$t>::from_le_bytes($r.take()?);
+        }
+    };
+}
+
 fn bad(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
 }
@@ -231,34 +240,18 @@ impl PostStore {
                 "post count {n} does not fit a {file_len}-byte file"
             )));
         }
-        let ids = take_col!(r, u64, n);
-        let created = take_col!(r, i64, n);
-        let author = take_col!(r, u32, n);
-        let lang = take_col!(r, u16, n);
-        let flags = take_col!(r, u8, n);
-        store.hot = (0..n)
-            .map(|k| Hot {
-                id: ids[k],
-                created_at: created[k],
-                light_part: 0.0,
-                author: author[k],
-                lang: lang[k],
-                flags: flags[k],
-                newest_window: 0,
-            })
-            .collect();
-        let text_len = take_col!(r, u16, n);
-        let likes = take_col!(r, u32, n);
-        let retweets = take_col!(r, u32, n);
-        let replies = take_col!(r, u32, n);
-        store.counts = (0..n)
-            .map(|k| Counts {
-                likes: likes[k],
-                retweets: retweets[k],
-                replies: replies[k],
-                text_len: text_len[k],
-            })
-            .collect();
+        // Columns in the file, rows in memory: each column fills one field of every row.
+        store.hot = vec![Hot::default(); n];
+        take_field!(r, store.hot, id, u64);
+        take_field!(r, store.hot, created_at, i64);
+        take_field!(r, store.hot, author, u32);
+        take_field!(r, store.hot, lang, u16);
+        take_field!(r, store.hot, flags, u8);
+        store.counts = vec![Counts::default(); n];
+        take_field!(r, store.counts, text_len, u16);
+        take_field!(r, store.counts, likes, u32);
+        take_field!(r, store.counts, retweets, u32);
+        take_field!(r, store.counts, replies, u32);
         let newest = take_col!(r, i32, n);
         store.windows = Vec::with_capacity(n);
         for &newest in &newest {
@@ -278,19 +271,13 @@ impl PostStore {
             return Err(bad(format!("author count {na} does not fit the file")));
         }
         let ids = take_col!(r, u64, na);
-        let followers = take_col!(r, u32, na);
-        let posts = take_col!(r, u32, na);
-        let cluster = take_col!(r, u32, na);
+        let mut rows = vec![Author::default(); na];
+        take_field!(r, rows, followers, u32);
+        take_field!(r, rows, posts, u32);
+        take_field!(r, rows, cluster, u32);
         let mut authors = Authors {
             ids,
-            rows: (0..na)
-                .map(|k| Author {
-                    light_part: 0.0,
-                    cluster: cluster[k],
-                    followers: followers[k],
-                    posts: posts[k],
-                })
-                .collect(),
+            rows,
             lang: take_col!(r, u16, na),
             ..Default::default()
         };
@@ -300,7 +287,7 @@ impl PostStore {
         if u64::from_le_bytes(sum) != want {
             return Err(bad("checksum mismatch: the file is damaged"));
         }
-        if author.iter().any(|&a| a as usize >= na) {
+        if store.hot.iter().any(|h| h.author as usize >= na) {
             return Err(bad("a post names an author row out of range"));
         }
         authors.index.reserve(na);
