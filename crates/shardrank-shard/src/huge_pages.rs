@@ -93,10 +93,10 @@ pub fn collapse<T>(v: &[T]) -> usize {
 }
 
 /// Asks for huge pages under `v`'s spare capacity before it is written, so that its
-/// first writes fault huge pages in. Returns the bytes advised.
-pub fn before_fill<T>(v: &mut Vec<T>) -> usize {
+/// first writes fault huge pages in.
+pub fn before_fill<T>(v: &mut Vec<T>) {
     let spare = v.spare_capacity_mut();
-    advise(spare.as_ptr().cast(), std::mem::size_of_val(spare), false)
+    advise(spare.as_ptr().cast(), std::mem::size_of_val(spare), false);
 }
 
 /// `n` copies of `value` in a vector whose pages are advised before they are written.

@@ -121,9 +121,9 @@ impl IdIndex {
         self.slots.len() * std::mem::size_of::<Slot>()
     }
 
-    /// Moves the table onto huge pages (see [`crate::huge_pages`]); the bytes advised.
-    pub fn collapse_pages(&self) -> usize {
-        crate::huge_pages::collapse(&self.slots)
+    /// Moves the table onto huge pages (see [`crate::huge_pages`]).
+    pub fn collapse_pages(&self) {
+        crate::huge_pages::collapse(&self.slots);
     }
 }
 
@@ -297,9 +297,9 @@ impl RowIndex {
         self.slots.len() * std::mem::size_of::<FpSlot>()
     }
 
-    /// Moves the table onto huge pages (see [`crate::huge_pages`]); the bytes advised.
-    pub fn collapse_pages(&self) -> usize {
-        crate::huge_pages::collapse(&self.slots)
+    /// Moves the table onto huge pages (see [`crate::huge_pages`]).
+    pub fn collapse_pages(&self) {
+        crate::huge_pages::collapse(&self.slots);
     }
 
     /// Fingerprints of `bits` bits only, so that they collide (tests of the checks).

@@ -210,19 +210,20 @@ impl PostStore {
     }
 
     /// Moves the arrays a request reads at random onto huge pages (see
-    /// [`crate::huge_pages`]); the bytes advised. A rebuilt index is advised afresh; an
-    /// array that ingestion grows past its capacity (it doubles, so rarely) may lose
-    /// the advice if the allocator moves it, until the next load.
-    pub fn collapse_pages(&self) -> usize {
+    /// [`crate::huge_pages`]). A rebuilt index is advised afresh; an array that
+    /// ingestion grows past its capacity (it doubles, so rarely) may lose the advice if
+    /// the allocator moves it, until the next load. The shard logs how much of it ended
+    /// up on huge pages.
+    pub fn collapse_pages(&self) {
         use crate::huge_pages::collapse;
         let a = &self.authors;
-        self.index.collapse_pages()
-            + collapse(&self.hot)
-            + collapse(&self.counts)
-            + collapse(&self.windows)
-            + a.index.collapse_pages()
-            + collapse(&a.ids)
-            + collapse(&a.rows)
+        self.index.collapse_pages();
+        a.index.collapse_pages();
+        collapse(&self.hot);
+        collapse(&self.counts);
+        collapse(&self.windows);
+        collapse(&a.ids);
+        collapse(&a.rows);
     }
 
     fn refresh_author(&mut self, a: usize) {
