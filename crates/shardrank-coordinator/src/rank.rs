@@ -230,7 +230,9 @@ impl Ranker {
         while let Some(res) = set.join_next().await {
             match res {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::error!("shard call task failed: {e}"),
+                Err(e) => {
+                    tracing::error!(trace_id = %trace.trace_hex(), "shard call task failed: {e}")
+                }
             }
         }
         out
@@ -316,7 +318,7 @@ impl Ranker {
                     parts.push(part);
                 }
                 Err(e) => {
-                    tracing::warn!(shard, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "shard failed: answering without it");
+                    tracing::warn!(trace_id = %trace.trace_hex(), shard, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "shard failed: answering without it");
                     missing.push(shard);
                     errors.push(format!("shard {shard}: {e}"));
                 }
@@ -342,6 +344,7 @@ impl Ranker {
             && deadline.saturating_duration_since(Instant::now()) < MIN_SECOND_ROUND
         {
             tracing::warn!(
+                trace_id = %trace.trace_hex(),
                 shards = refetch.len(),
                 "no time left for a second round: answering from round one"
             );
@@ -379,7 +382,7 @@ impl Ranker {
                     }
                     Err(e) => {
                         // Its first share stays in the answer, flagged as partial.
-                        tracing::warn!(shard, error = %e, "shard failed in the second round");
+                        tracing::warn!(trace_id = %trace.trace_hex(), shard, error = %e, "shard failed in the second round");
                         missing.push(shard);
                     }
                 }

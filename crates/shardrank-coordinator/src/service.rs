@@ -26,6 +26,7 @@ pub struct CoordinatorService {
 struct CancelGuard<'a> {
     metrics: &'a crate::metrics::CoordinatorMetrics,
     rpc: &'static str,
+    trace: TraceContext,
     done: bool,
 }
 
@@ -36,7 +37,11 @@ impl Drop for CancelGuard<'_> {
                 .requests_cancelled
                 .get_or_create(&Rpc { rpc: self.rpc })
                 .inc();
-            tracing::info!(rpc = self.rpc, "request cancelled by the client");
+            tracing::info!(
+                trace_id = %self.trace.trace_hex(),
+                rpc = self.rpc,
+                "request cancelled by the client"
+            );
         }
     }
 }
@@ -92,11 +97,13 @@ impl CoordinatorService {
 
 impl CoordinatorService {
     /// What every RPC does around its work: runs it in its span, counts a cancelled
-    /// request, records the outcome by gRPC code and the latency, logs a failure.
+    /// request, records the outcome by gRPC code and the latency, logs a failure (with
+    /// its trace id, which the span may not carry: see `request_span`).
     async fn observe<T>(
         &self,
         rpc: &'static str,
         span: tracing::Span,
+        trace: TraceContext,
         work: impl std::future::Future<Output = Result<T, CoordinatorError>>,
     ) -> Result<T, Status> {
         let m = &self.ranker.metrics;
@@ -104,6 +111,7 @@ impl CoordinatorService {
         let mut guard = CancelGuard {
             metrics: m,
             rpc,
+            trace,
             done: false,
         };
         let res = work.instrument(span.clone()).await;
@@ -123,7 +131,14 @@ impl CoordinatorService {
         res.map_err(|e| {
             // "rank failed", "timeline failed": what operators search the logs for.
             let what = rpc.to_lowercase();
-            span.in_scope(|| tracing::info!(error = %e, code = ?e.grpc_code(), "{what} failed"));
+            span.in_scope(|| {
+                tracing::info!(
+                    trace_id = %trace.trace_hex(),
+                    error = %e,
+                    code = ?e.grpc_code(),
+                    "{what} failed"
+                )
+            });
             e.into()
         })
     }
@@ -138,7 +153,7 @@ impl Coordinator for CoordinatorService {
         let req = Arc::new(request.into_inner());
         let n = req.candidate_ids.len();
         // Every line logged for this request, here and in the shards, carries its trace id.
-        let span = tracing::info_span!(
+        let span = shardrank_proto::request_span!(
             "rank",
             trace_id = %trace.trace_hex(),
             user_id = req.user_id,
@@ -150,7 +165,7 @@ impl Coordinator for CoordinatorService {
             .in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "rank request"));
         self.ranker.metrics.candidates.observe(n as f64);
         let resp = self
-            .observe("Rank", span, self.run_rank(req, deadline, trace))
+            .observe("Rank", span, trace, self.run_rank(req, deadline, trace))
             .await?;
         if !resp.missing_shards.is_empty() {
             self.ranker.metrics.partial_answers.inc();
@@ -166,7 +181,7 @@ impl Coordinator for CoordinatorService {
         let deadline = tokio::time::Instant::now() + budget;
         let trace = TraceContext::from_metadata(request.metadata());
         let req = request.into_inner();
-        let span = tracing::info_span!(
+        let span = shardrank_proto::request_span!(
             "timeline",
             trace_id = %trace.trace_hex(),
             user_id = req.user_id,
@@ -176,6 +191,7 @@ impl Coordinator for CoordinatorService {
         self.observe(
             "Timeline",
             span,
+            trace,
             self.timeline.timeline(req, deadline, trace),
         )
         .await

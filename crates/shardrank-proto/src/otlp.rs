@@ -80,10 +80,15 @@ pub fn guard(provider: SdkTracerProvider) -> OtlpGuard {
 /// of its CPU at `rank-1k`.
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether this process exports spans (`--otlp-endpoint` was given and tracing is up).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Makes `span` a child of the remote span in `ctx` (the caller's), so that the spans of
 /// every process of a request share its trace id. A no-op without OTLP export.
 pub fn link(span: &tracing::Span, ctx: &TraceContext) {
-    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+    if !exporting() {
         return;
     }
     let remote = SpanContext::new(

@@ -171,15 +171,34 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Target of the spans that are there for the trace exporter only (a pipeline
-/// component, a shard call): log lines leave their fields out. The log layer formats a
-/// span's fields into a string when the span is created, whether or not anything is
-/// logged inside it, and a request opens a dozen of these: 3% of the coordinator's CPU
-/// at `rank-1k`. Lines logged inside them still carry the request span's trace id.
+/// component, a shard call). They are built only while spans are exported (without a
+/// collector, tracing turns this target off), and log lines leave their fields out: the
+/// log layer formats a span's fields into a string when the span is created, and a
+/// request opens a dozen of these.
 pub const TRACE_ONLY: &str = "shardrank_trace";
+
+/// A request's span (`rank`, `timeline`, `shard_rank`, `shard_retrieve`), with the
+/// given fields. INFO while spans are exported, so that the collector gets every
+/// request whatever `RUST_LOG` says; DEBUG otherwise, so that at the default level no
+/// span is built per request. A span costs its registry entry, its fields formatted
+/// into a string and an enter and exit through every layer on each poll: with them at
+/// INFO the cluster spent 7-8% more CPU per `rank-1k` request (BENCHMARKS.md). The
+/// lines a request logs at INFO and above carry its `trace_id` as a field instead; at
+/// DEBUG every line inside the span carries the span's fields as before.
+#[macro_export]
+macro_rules! request_span {
+    ($name:literal, $($field:tt)*) => {
+        if $crate::otlp::exporting() {
+            ::tracing::info_span!($name, $($field)*)
+        } else {
+            ::tracing::debug_span!($name, $($field)*)
+        }
+    };
+}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). Span fields (the request's
 /// trace id among them) are on every line logged inside the span, except those of
-/// [`TRACE_ONLY`] spans.
+/// [`TRACE_ONLY`] spans; see [`request_span`] for when a request has a span.
 pub fn init_tracing(format: LogFormat) {
     let _ = init_tracing_with(format, None);
 }
@@ -192,8 +211,11 @@ pub fn init_tracing_with(
 ) -> Result<Option<crate::otlp::OtlpGuard>, String> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        otlp.is_some(),
+    );
     let fmt = log_layer(format, std::io::stderr);
     let (otel, guard) = match otlp {
         Some(c) => {
@@ -213,6 +235,22 @@ pub fn init_tracing_with(
         .with(filter)
         .try_init();
     Ok(guard)
+}
+
+/// What tracing builds: `base` (from `RUST_LOG`), less the [`TRACE_ONLY`] spans when
+/// nothing exports them (no layer would read them).
+fn log_filter(
+    base: tracing_subscriber::EnvFilter,
+    exporting: bool,
+) -> tracing_subscriber::EnvFilter {
+    if exporting {
+        return base;
+    }
+    base.add_directive(
+        format!("{TRACE_ONLY}=off")
+            .parse()
+            .expect("a target directive parses"),
+    )
 }
 
 /// The log lines' layer: every event, in spans other than [`TRACE_ONLY`] ones.
@@ -280,10 +318,15 @@ pub fn request_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Durati
 mod tests {
     use super::*;
 
+    /// Tests that install a scoped subscriber run one at a time: callsites cache their
+    /// interest across every live subscriber, and two tests' filters would meet there.
+    static ONE_SUBSCRIBER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A log line inside a trace-only span carries the request span's fields (its trace
     /// id) and not the trace-only span's; an ordinary span's fields are still there.
     #[test]
     fn trace_only_spans_stay_out_of_log_lines() {
+        let _one = ONE_SUBSCRIBER.lock().unwrap_or_else(|p| p.into_inner());
         use std::sync::{Arc, Mutex};
         use tracing_subscriber::layer::SubscriberExt;
         #[derive(Clone, Default)]
@@ -326,6 +369,34 @@ mod tests {
                 assert!(lines[1].contains("4bf92f35"), "{text}");
             }
         }
+    }
+
+    /// Without export, a request's span exists only at DEBUG, and the trace-only spans
+    /// not at all; ordinary INFO spans and events are untouched.
+    #[test]
+    fn without_export_request_and_trace_only_spans_are_not_built() {
+        let _one = ONE_SUBSCRIBER.lock().unwrap_or_else(|p| p.into_inner());
+        use tracing_subscriber::layer::SubscriberExt;
+        assert!(!crate::otlp::exporting());
+        let at = |level: &str| {
+            tracing_subscriber::registry()
+                .with(log_filter(tracing_subscriber::EnvFilter::new(level), false))
+        };
+        tracing::subscriber::with_default(at("info"), || {
+            assert!(crate::request_span!("rank", trace_id = "4bf92f35").is_disabled());
+            assert!(tracing::info_span!(target: TRACE_ONLY, "shard_call").is_disabled());
+            assert!(!tracing::info_span!("startup").is_disabled());
+            assert!(tracing::event_enabled!(tracing::Level::INFO));
+        });
+        tracing::subscriber::with_default(at("debug"), || {
+            assert!(!crate::request_span!("rank", trace_id = "4bf92f35").is_disabled());
+            assert!(tracing::info_span!(target: TRACE_ONLY, "shard_call").is_disabled());
+        });
+        let exported = tracing_subscriber::registry()
+            .with(log_filter(tracing_subscriber::EnvFilter::new("info"), true));
+        tracing::subscriber::with_default(exported, || {
+            assert!(!tracing::info_span!(target: TRACE_ONLY, "shard_call").is_disabled());
+        });
     }
 
     #[test]

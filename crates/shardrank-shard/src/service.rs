@@ -182,14 +182,16 @@ impl Shard for ShardService {
         request: Request<RetrieveRequest>,
     ) -> Result<Response<RetrieveResponse>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
-        let span = tracing::info_span!("shard_retrieve", trace_id = %trace.trace_hex(), shard = self.state.index);
+        let span = shardrank_proto::request_span!("shard_retrieve", trace_id = %trace.trace_hex(), shard = self.state.index);
         shardrank_proto::otlp::link(&span, &trace);
         let res = self
             .retrieve_inner(request.into_inner())
             .instrument(span.clone())
             .await;
         if let Err(e) = &res {
-            span.in_scope(|| tracing::info!(error = %e, "retrieve refused"));
+            span.in_scope(
+                || tracing::info!(trace_id = %trace.trace_hex(), error = %e, "retrieve refused"),
+            );
         }
         count_by_code(&self.state.metrics.retrieve_requests, &res);
         res.map(Response::new).map_err(Status::from)
@@ -230,10 +232,10 @@ impl ShardService {
         trace: TraceContext,
         deadline: Option<(Instant, std::time::Duration)>,
     ) -> Result<ShardRankResponse, ShardError> {
-        let span = tracing::info_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
+        let span = shardrank_proto::request_span!("shard_rank", trace_id = %trace.trace_hex(), shard = self.state.index);
         shardrank_proto::otlp::link(&span, &trace);
         let res = self
-            .rank_inner(req, deadline)
+            .rank_inner(req, deadline, &trace)
             .instrument(span.clone())
             .await;
         span.in_scope(|| match &res {
@@ -243,7 +245,7 @@ impl ShardService {
                 ms = r.total_ms,
                 "ranked"
             ),
-            Err(e) => tracing::info!(error = %e, "rank refused"),
+            Err(e) => tracing::info!(trace_id = %trace.trace_hex(), error = %e, "rank refused"),
         });
         count_by_code(&self.state.metrics.requests, &res);
         res
@@ -317,6 +319,7 @@ impl ShardService {
         &self,
         mut req: ShardRankRequest,
         deadline: Option<(Instant, std::time::Duration)>,
+        trace: &TraceContext,
     ) -> Result<ShardRankResponse, ShardError> {
         let t0 = Instant::now();
         self.check_layout(req.shard_index, req.num_shards)?;
@@ -385,6 +388,7 @@ impl ShardService {
         if out.truncated {
             m.truncated.inc();
             tracing::info!(
+                trace_id = %trace.trace_hex(),
                 scored = out.items.len(),
                 asked = req_count,
                 "deadline reached in the heavy stage: answering with what was scored"

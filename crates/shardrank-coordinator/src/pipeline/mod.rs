@@ -251,7 +251,7 @@ impl Pipeline {
                         Err(e) => (if n.fail_open { "skipped" } else { "failed" }, e, 0),
                     };
                     stats.push(record(
-                        self.name, n, outcome, took, before, brought, &error, metrics,
+                        self.name, n, outcome, took, before, brought, &error, metrics, &q.trace,
                     ));
                     if outcome == "failed" {
                         return Err(Failed {
@@ -305,6 +305,7 @@ impl Pipeline {
                     after,
                     &error,
                     metrics,
+                    &q.trace,
                 ));
                 if outcome == "failed" {
                     return Err(Failed {
@@ -329,6 +330,7 @@ fn record(
     after: usize,
     error: &str,
     metrics: &CoordinatorMetrics,
+    trace: &TraceContext,
 ) -> ComponentStats {
     metrics
         .component_seconds
@@ -347,6 +349,7 @@ fn record(
         .inc();
     if outcome != "ok" {
         tracing::warn!(
+            trace_id = %trace.trace_hex(),
             pipeline,
             component = n.name,
             outcome,
