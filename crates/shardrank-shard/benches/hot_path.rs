@@ -7,6 +7,7 @@
 //! - heavy ranker: one candidate through the MLP, in batches of 1000;
 //! - request decoding: a 100k-id RankRequest, per id;
 //! - merge: the coordinator's exact merge of 4 shard answers of 300;
+//! - sort: a shard's light-order sort of the 250 candidates it keeps at rank-1k;
 //! - shard rank: a whole in-process Rank of 25,000 candidates (one shard's share of a
 //!   100k request), per candidate; and the same with lookups that miss the caches as
 //!   in the cluster (`shard_rank_25k_cold`).
@@ -231,6 +232,31 @@ mod decode_shard_answer_300 {
         let bytes = bytes();
         b.bench(|| ShardRankResponse::decode_slice(black_box(&bytes[..])).unwrap());
     }
+}
+
+/// A shard's sort of what it keeps for the heavy stage, in light order: 250 items, a
+/// rank-1k request's share (`topk::sort_ranked`), scores spread as a sigmoid's.
+#[divan::bench(items_count = 250usize)]
+fn sort_ranked_250(b: Bencher) {
+    #[derive(Clone, Copy)]
+    struct Item(f32, u64);
+    impl shardrank_core::topk::Ranked for Item {
+        fn score(&self) -> f32 {
+            self.0
+        }
+        fn id(&self) -> u64 {
+            self.1
+        }
+    }
+    let mut r = Rng::new(12);
+    let items: Vec<Item> = (0..250)
+        .map(|_| {
+            let x = r.f64() * 12.0 - 6.0;
+            Item((1.0 / (1.0 + (-x).exp())) as f32, r.next_u64())
+        })
+        .collect();
+    b.with_inputs(|| items.clone())
+        .bench_local_refs(|v| shardrank_core::topk::sort_ranked(black_box(v)));
 }
 
 #[divan::bench(items_count = 1200usize)]
