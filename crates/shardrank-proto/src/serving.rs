@@ -212,7 +212,7 @@ pub fn init_tracing_with(
 ) -> Result<Option<crate::otlp::OtlpGuard>, String> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = log_filter(
+    let filter = tracing_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         otlp.is_some(),
@@ -238,9 +238,9 @@ pub fn init_tracing_with(
     Ok(guard)
 }
 
-/// What tracing builds: `base` (from `RUST_LOG`), less the [`TRACE_ONLY`] spans when
-/// nothing exports them (no layer would read them).
-fn log_filter(
+/// What tracing builds, for every layer: `base` (from `RUST_LOG`), less the
+/// [`TRACE_ONLY`] spans when nothing exports them (no layer would read them).
+fn tracing_filter(
     base: tracing_subscriber::EnvFilter,
     exporting: bool,
 ) -> tracing_subscriber::EnvFilter {
@@ -380,8 +380,10 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt;
         assert!(!crate::otlp::exporting());
         let at = |level: &str| {
-            tracing_subscriber::registry()
-                .with(log_filter(tracing_subscriber::EnvFilter::new(level), false))
+            tracing_subscriber::registry().with(tracing_filter(
+                tracing_subscriber::EnvFilter::new(level),
+                false,
+            ))
         };
         tracing::subscriber::with_default(at("info"), || {
             assert!(crate::request_span!("rank", trace_id = "4bf92f35").is_disabled());
@@ -393,8 +395,10 @@ mod tests {
             assert!(!crate::request_span!("rank", trace_id = "4bf92f35").is_disabled());
             assert!(tracing::info_span!(target: TRACE_ONLY, "shard_call").is_disabled());
         });
-        let exported = tracing_subscriber::registry()
-            .with(log_filter(tracing_subscriber::EnvFilter::new("info"), true));
+        let exported = tracing_subscriber::registry().with(tracing_filter(
+            tracing_subscriber::EnvFilter::new("info"),
+            true,
+        ));
         tracing::subscriber::with_default(exported, || {
             assert!(!tracing::info_span!(target: TRACE_ONLY, "shard_call").is_disabled());
         });
