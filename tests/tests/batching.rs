@@ -1,7 +1,8 @@
-//! Coalesced shard calls: a shard's RankBatch ranks each item exactly as Rank does, with
-//! each item's own outcome; a coordinator that coalesces its concurrent requests' calls
-//! answers each request exactly as it answers it alone, and as a coordinator that does
-//! not coalesce.
+//! Coalesced shard calls: a shard's RankBatch (and each batch on a RankStream) ranks
+//! each item exactly as Rank does, with each item's own outcome; a coordinator that
+//! coalesces its concurrent requests' calls answers each request exactly as it answers
+//! it alone, as one that sends its batches as calls, and as one that does not coalesce;
+//! a replica without RankStream or RankBatch (an older binary) still gets every call.
 
 use shardrank_proto::v1::coordinator_client::CoordinatorClient;
 use shardrank_proto::v1::shard_client::ShardClient;
@@ -11,6 +12,7 @@ use shardrank_proto::v1::{
 };
 use shardrank_tests::corpus_facts::Facts;
 use shardrank_tests::{http_get, metric, Cluster};
+use std::sync::Arc;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -87,6 +89,7 @@ async fn a_batch_ranks_each_item_as_rank_does_and_each_has_its_own_outcome() {
             item(Some(good[2].clone()), ""),
             item(Some(good[3].clone()), ""),
         ],
+        sequence: 0,
     };
     let results = shard.rank_batch(batch).await.unwrap().into_inner().results;
     assert_eq!(results.len(), 6, "one result per item, in order");
@@ -116,6 +119,7 @@ async fn a_batch_ranks_each_item_as_rank_does_and_each_has_its_own_outcome() {
     assert!(empty.into_inner().results.is_empty());
     let huge = ShardRankBatchRequest {
         items: (0..1025).map(|_| item(None, "")).collect(),
+        sequence: 0,
     };
     let err = shard.rank_batch(huge).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -215,7 +219,29 @@ async fn coalesced_requests_are_answered_as_they_are_alone_and_without_coalescin
         "every shard call goes through the batcher: {items}"
     );
     assert!(batches < items, "{batches} batches for {items} calls");
+    // The batches went as messages on one stream per shard, which stays open.
+    let mut streamed = 0.0;
+    for admin in &c.shard_admin {
+        let (_, m) = http_get(&format!("{admin}/metrics")).await;
+        assert_eq!(metric(&m, "shardrank_shard_rank_streams"), Some(1.0));
+        streamed += metric(&m, "shardrank_shard_rank_stream_batches_total").unwrap();
+    }
+    assert_eq!(streamed, batches, "every batch on a stream");
     drop(c);
+
+    // The same batches as RankBatch calls.
+    let calls = Cluster::start_with(4, &["--corpus", "tiny"], &["--shard-stream", "false"]).await;
+    let (alone_calls, together_calls) = answers(&calls, &facts, n).await;
+    assert_eq!(alone_calls, alone);
+    assert_eq!(together_calls, alone);
+    let (_, m) = http_get(&format!("{}/metrics", calls.admin)).await;
+    assert!(metric(&m, "shardrank_coordinator_shard_batch_items_count").unwrap() > 0.0);
+    let (_, m) = http_get(&format!("{}/metrics", calls.shard_admin[0])).await;
+    assert_eq!(
+        metric(&m, "shardrank_shard_rank_stream_batches_total"),
+        Some(0.0)
+    );
+    drop(calls);
 
     let off =
         Cluster::start_with(4, &["--corpus", "tiny"], &["--shard-batch-in-flight", "0"]).await;
@@ -229,17 +255,13 @@ async fn coalesced_requests_are_answered_as_they_are_alone_and_without_coalescin
     );
 }
 
-/// A real shard, in this process (the tiny corpus' only partition), whose server does not
-/// know RankBatch, as a binary from before it: RankBatch calls are routed to a method it
-/// does not have, and answered UNIMPLEMENTED by tonic.
-async fn shard_without_rank_batch() -> String {
+/// A real shard of the tiny corpus (its only partition), in this process.
+fn tiny_shard() -> shardrank_shard::service::ShardService {
     use shardrank_core::corpus::CorpusSpec;
     use shardrank_core::model::Models;
     use shardrank_core::source::Source;
-    use shardrank_proto::v1::shard_server::ShardServer;
     use shardrank_shard::service::{ShardService, ShardState};
     use std::sync::{Arc, OnceLock, RwLock};
-    use tonic::codegen::http;
 
     let models = Models::builtin();
     let source = Source::Corpus(CorpusSpec::named("tiny", 42).unwrap());
@@ -255,8 +277,22 @@ async fn shard_without_rank_batch() -> String {
         live_position: Default::default(),
     };
     let _ = state.store.set(RwLock::new(store));
-    let old = |mut req: http::Request<tonic::body::Body>| {
-        if req.uri().path() == "/shardrank.v1.Shard/RankBatch" {
+    ShardService::new(Arc::new(state))
+}
+
+/// Serves `shard` on loopback as a binary from before the RPCs named in `missing` (e.g.
+/// "RankBatch"): calls to them are routed to a method it does not have, and answered
+/// UNIMPLEMENTED by tonic. Returns its URL.
+async fn serve_without(
+    shard: shardrank_shard::service::ShardService,
+    missing: &'static [&'static str],
+) -> String {
+    use shardrank_proto::v1::shard_server::ShardServer;
+    use tonic::codegen::http;
+
+    let old = move |mut req: http::Request<tonic::body::Body>| {
+        let method = req.uri().path().trim_start_matches("/shardrank.v1.Shard/");
+        if missing.contains(&method) {
             *req.uri_mut() = http::Uri::from_static("/shardrank.v1.Shard/NotYetInvented");
         }
         req
@@ -266,18 +302,38 @@ async fn shard_without_rank_batch() -> String {
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(tower::util::MapRequestLayer::new(old))
-            .add_service(ShardServer::new(ShardService {
-                state: Arc::new(state),
-            }))
+            .add_service(ShardServer::new(shard))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     url
 }
 
+/// A coordinator over the one shard at `shard` (tiny corpus), logging to `log`.
+async fn coordinator_over(shard: &str, log: &std::path::Path) -> (shardrank_tests::Proc, String) {
+    let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
+    let args: Vec<String> = [
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+        "--shards".into(),
+        shard.to_string(),
+        "--corpus".into(),
+        "tiny".into(),
+    ]
+    .to_vec();
+    let mut coordinator =
+        shardrank_tests::Proc::spawn("shardrank-coordinator", &args, log.to_path_buf());
+    let url = format!("http://127.0.0.1:{port}");
+    shardrank_tests::wait_serving(&url, "", &mut coordinator, shardrank_tests::START_TIMEOUT).await;
+    (coordinator, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_rank_batch_is_called_one_by_one() {
     let facts = Facts::of("tiny", 42);
-    let shard = shard_without_rank_batch().await;
+    // A binary from before both: no RankStream, no RankBatch.
+    let shard = serve_without(tiny_shard(), &["RankStream", "RankBatch"]).await;
     let mut direct = ShardClient::new(shardrank_tests::channel(&shard).await);
     let refused = direct
         .rank_batch(ShardRankBatchRequest::default())
@@ -286,22 +342,8 @@ async fn a_replica_without_rank_batch_is_called_one_by_one() {
     assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
 
     let dir = shardrank_tests::scratch_dir("old-shard");
-    let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
-    let args: Vec<String> = [
-        "--listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin}"),
-        "--shards".into(),
-        shard.clone(),
-        "--corpus".into(),
-        "tiny".into(),
-    ]
-    .to_vec();
     let log = dir.join("coordinator.log");
-    let mut coordinator = shardrank_tests::Proc::spawn("shardrank-coordinator", &args, log.clone());
-    let url = format!("http://127.0.0.1:{port}");
-    shardrank_tests::wait_serving(&url, "", &mut coordinator, shardrank_tests::START_TIMEOUT).await;
+    let (_coordinator, url) = coordinator_over(&shard, &log).await;
     let client = CoordinatorClient::new(shardrank_tests::channel(&url).await);
     let (alone, together) = answers_of(client, &facts, 16).await;
 
@@ -311,9 +353,180 @@ async fn a_replica_without_rank_batch_is_called_one_by_one() {
     assert_eq!(alone, want);
     assert_eq!(together, want);
     let text = std::fs::read_to_string(&log).unwrap();
+    for said in ["does not serve RankStream", "does not serve RankBatch"] {
+        assert_eq!(text.matches(said).count(), 1, "{said}: once\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_rank_stream_gets_rank_batch_calls() {
+    let facts = Facts::of("tiny", 42);
+    let shard = tiny_shard();
+    let state = shard.state.clone();
+    let url = serve_without(shard, &["RankStream"]).await;
+
+    let dir = shardrank_tests::scratch_dir("no-stream-shard");
+    let log = dir.join("coordinator.log");
+    let (_coordinator, coordinator) = coordinator_over(&url, &log).await;
+    let client = CoordinatorClient::new(shardrank_tests::channel(&coordinator).await);
+    let (alone, together) = answers_of(client, &facts, 16).await;
+
+    let c = Cluster::start(1, &["--corpus", "tiny"]).await;
+    let (want, _) = answers(&c, &facts, 16).await;
+    assert_eq!(alone, want);
+    assert_eq!(together, want);
+    let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
-        text.matches("does not serve RankBatch").count(),
+        text.matches("does not serve RankStream").count(),
         1,
         "said once:\n{text}"
     );
+    assert!(!text.contains("does not serve RankBatch"), "{text}");
+    // Every request was ranked here, and none of it on a stream.
+    let m = &state.metrics;
+    assert_eq!(m.rank_stream_batches.get(), 0);
+    let ok = m
+        .requests
+        .get_or_create(&shardrank_shard::metrics::Code { code: "OK" })
+        .get();
+    assert_eq!(ok, 32, "16 requests one by one, then 16 at once");
+}
+
+/// Batches sent on one RankStream, collected by sequence until the shard ends the answers.
+async fn stream_answers(
+    shard: &str,
+    batches: Vec<ShardRankBatchRequest>,
+) -> std::collections::HashMap<u64, Vec<shardrank_proto::v1::ShardRankBatchResult>> {
+    let mut client = ShardClient::new(shardrank_tests::channel(shard).await);
+    let mut answers = client
+        .rank_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = std::collections::HashMap::new();
+    // The client's side closes after the last batch: every batch is still answered,
+    // then the answers end cleanly.
+    while let Some(a) = answers.message().await.unwrap() {
+        assert!(
+            got.insert(a.sequence, a.results).is_none(),
+            "one answer per batch"
+        );
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rank_stream_answers_each_batch_by_its_sequence_and_goes_on_after_a_refused_one() {
+    let c = Cluster::start(2, &["--corpus", "tiny"]).await;
+    let facts = Facts::of("tiny", 42);
+    let mut shard = ShardClient::new(shardrank_tests::channel(&c.shard_urls[0]).await);
+    let reqs: Vec<ShardRankRequest> = (0..3)
+        .map(|k| shard_request(&facts, k, 40 + k as u32 * 30))
+        .collect();
+    let mut alone = Vec::new();
+    for r in &reqs {
+        alone.push(answer(&shard.rank(r.clone()).await.unwrap().into_inner()));
+    }
+    let item = |r: &ShardRankRequest| ShardRankBatchItem {
+        request: Some(r.clone()),
+        timeout_us: 5_000_000,
+        traceparent: String::new(),
+    };
+    let wrong_layout = ShardRankRequest {
+        num_shards: 3,
+        ..reqs[0].clone()
+    };
+    let batches = vec![
+        ShardRankBatchRequest {
+            items: vec![item(&reqs[0]), item(&wrong_layout), item(&reqs[1])],
+            sequence: 7,
+        },
+        ShardRankBatchRequest {
+            items: (0..1025).map(|_| item(&reqs[2])).collect(),
+            sequence: 8,
+        },
+        ShardRankBatchRequest {
+            items: vec![item(&reqs[2])],
+            sequence: 9,
+        },
+    ];
+    let got = stream_answers(&c.shard_urls[0], batches).await;
+    assert_eq!(got.len(), 3, "{:?}", got.keys());
+    let first = &got[&7];
+    assert_eq!(first.len(), 3);
+    assert_eq!(answer(first[0].response.as_ref().unwrap()), alone[0]);
+    assert_eq!(first[1].code, Code::FailedPrecondition as i32);
+    assert_eq!(answer(first[2].response.as_ref().unwrap()), alone[1]);
+    // Too many items: each is refused, clearly, and the stream goes on.
+    let refused = &got[&8];
+    assert_eq!(refused.len(), 1025);
+    assert!(refused
+        .iter()
+        .all(|r| r.code == Code::InvalidArgument as i32
+            && r.message.contains("1025 items")
+            && r.response.is_none()));
+    assert_eq!(got[&9].len(), 1);
+    assert_eq!(answer(got[&9][0].response.as_ref().unwrap()), alone[2]);
+
+    let (_, m) = http_get(&format!("{}/metrics", c.shard_admin[0])).await;
+    assert_eq!(
+        metric(&m, "shardrank_shard_rank_stream_batches_total"),
+        Some(3.0)
+    );
+    // Items count as requests under their codes; a batch refused whole is the sender's
+    // error, as a RankBatch call of 1025 items is, and is not counted.
+    let count = |code: &str| {
+        metric(
+            &m,
+            &format!("shardrank_shard_requests_total{{code=\"{code}\"}}"),
+        )
+    };
+    assert_eq!(count("OK"), Some(6.0), "3 alone, 3 on the stream");
+    assert_eq!(count("FAILED_PRECONDITION"), Some(1.0));
+    assert_eq!(count("INVALID_ARGUMENT"), Some(0.0));
+    // This test's stream has ended (and the coordinator, which has ranked nothing, has
+    // opened none).
+    assert_eq!(metric(&m, "shardrank_shard_rank_streams"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_batch_over_the_in_flight_limit_is_refused_item_by_item() {
+    let facts = Facts::of("tiny", 42);
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = refused.clone();
+    let mut shard = tiny_shard();
+    // No batch may be in flight: every one is over the limit.
+    shard.admission = Some(shardrank_proto::admission::Admission::new(
+        0,
+        &[],
+        Arc::new(move |path: &str| {
+            assert_eq!(path, "/shardrank.v1.Shard/RankStream");
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }),
+    ));
+    let url = serve_without(shard, &[]).await;
+    let req = ShardRankRequest {
+        num_shards: 1,
+        ..shard_request(&facts, 0, 50)
+    };
+    let batch = |sequence| ShardRankBatchRequest {
+        items: vec![
+            ShardRankBatchItem {
+                request: Some(req.clone()),
+                ..Default::default()
+            };
+            2
+        ],
+        sequence,
+    };
+    let got = stream_answers(&url, vec![batch(1), batch(2)]).await;
+    assert_eq!(got.len(), 2);
+    for results in got.values() {
+        assert_eq!(results.len(), 2);
+        for r in results {
+            assert_eq!(r.code, Code::ResourceExhausted as i32, "{}", r.message);
+            assert!(r.message.contains("--max-in-flight"), "{}", r.message);
+        }
+    }
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 2);
 }

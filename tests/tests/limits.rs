@@ -1,6 +1,7 @@
 //! Bad input and overload at the door: requests too large or too many candidates are
 //! refused clearly and lose nothing; a cancelled request cancels its fan-out; a shard
-//! at its in-flight limit sheds at once (Rank and RankBatch calls alike); a minimum
+//! at its in-flight limit sheds at once (Rank and RankBatch calls, and batches on a
+//! RankStream, alike); a minimum
 //! coverage turns a thin answer into UNAVAILABLE.
 
 use shardrank_proto::v1::shard_client::ShardClient;
@@ -222,12 +223,47 @@ async fn batches_pass_the_shards_admission_limit_as_rank_calls_do() {
                 request: Some(req),
                 ..Default::default()
             }],
+            sequence: 0,
         };
         let b = client.rank_batch(batch).await?.into_inner();
         assert_eq!(b.results[0].code, 0, "{}", b.results[0].message);
         Ok(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_on_a_stream_pass_the_shards_admission_limit_one_by_one() {
+    // A stream is not a request: it stays open. Each batch on it is admitted as a call
+    // would be, and a refused one is answered with each item RESOURCE_EXHAUSTED.
+    let (c, shed) = at_a_shards_limit(|mut client, req| async move {
+        let batch = ShardRankBatchRequest {
+            items: vec![ShardRankBatchItem {
+                request: Some(req),
+                ..Default::default()
+            }],
+            sequence: 5,
+        };
+        let mut answers = client
+            .rank_stream(tokio_stream::iter([batch]))
+            .await?
+            .into_inner();
+        let b = answers.message().await?.expect("an answer");
+        assert_eq!(b.sequence, 5);
+        let r = &b.results[0];
+        if r.code != 0 {
+            return Err(tonic::Status::new(r.code.into(), r.message.clone()));
+        }
+        assert!(r.response.is_some());
+        assert!(answers.message().await?.is_none(), "one answer");
+        Ok(())
+    })
+    .await;
+    let (_, m) = http_get(&format!("{}/metrics", c.shard_admin[0])).await;
+    assert_eq!(
+        metric(&m, "shardrank_shard_requests_shed_total"),
+        Some(shed as f64)
+    );
 }
 
 /// A client that sends hand-made bytes, to reach the servers' decoders with damage a

@@ -144,3 +144,87 @@ async fn a_shard_reports_not_serving_until_its_partition_is_loaded() {
     )
     .await;
 }
+
+/// A shard keeps a coordinator's RankStream open between batches. On SIGTERM it must
+/// stop taking batches on it, answer those it has, and end it, so that the drain does
+/// not wait for the coordinator to close it; the coordinator sends the batches that
+/// were on their way to the other replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_draining_under_load_ends_its_stream_and_costs_no_request() {
+    use shardrank_tests::{http_get, metric};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut c = Cluster::start_replicated(1, 2, &["--corpus", "tiny"], &[]).await;
+    let facts = shardrank_tests::corpus_facts::Facts::of("tiny", 42);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for k in 0..6usize {
+        let (mut client, stop) = (c.client().await, stop.clone());
+        let req = shardrank_proto::v1::RankRequest {
+            user_id: facts.users[k],
+            candidate_ids: facts
+                .tweets
+                .iter()
+                .skip(k)
+                .step_by(3)
+                .take(800)
+                .copied()
+                .collect(),
+            top_k: 20,
+            include_stats: false,
+        };
+        load.spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client.rank(req.clone()).await {
+                    Ok(r) if r.get_ref().missing_shards.is_empty() => ok += 1,
+                    Ok(r) => failed.push(format!("partial: {:?}", r.get_ref().missing_shards)),
+                    Err(s) => failed.push(format!("{s:?}")),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    // Wait until a replica has a stream open: that one is stopped.
+    let t0 = std::time::Instant::now();
+    let streaming = loop {
+        let mut open = None;
+        for (k, admin) in c.shard_admin.iter().enumerate() {
+            let (_, m) = http_get(&format!("{admin}/metrics")).await;
+            if metric(&m, "shardrank_shard_rank_streams") == Some(1.0) {
+                open = Some(k);
+            }
+        }
+        if let Some(k) = open {
+            break k;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no stream opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t1 = std::time::Instant::now();
+    // The drain allows 10 s; an open stream must not use them.
+    let status = c.shards[streaming]
+        .terminate(Duration::from_secs(8))
+        .expect("the replica exits on SIGTERM despite its open stream");
+    assert!(status.success(), "shard exit: {status}");
+    let drained = t1.elapsed();
+    assert!(drained < Duration::from_secs(5), "drained in {drained:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 50, "{ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

@@ -109,6 +109,11 @@ pub struct CoordinatorConfig {
     /// Coalescing: most Rank calls in one batch call.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub shard_batch_max_items: usize,
+    /// Coalescing: batches go as messages on one long-lived RankStream per replica (a
+    /// message costs far less than a call); false sends each as a RankBatch call.
+    /// Replicas without RankStream get calls either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub shard_stream: bool,
     /// Coalescing: a shard call with more candidate ids than this is always sent alone
     /// (its call is a small part of its cost, and a batch answers when its last item
     /// is ranked).

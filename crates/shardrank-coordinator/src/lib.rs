@@ -25,5 +25,6 @@ pub mod service;
 pub mod shard_batch;
 pub mod shard_call;
 pub mod shard_client;
+pub mod shard_stream;
 pub mod timeline;
 pub mod users;

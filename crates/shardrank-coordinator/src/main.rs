@@ -68,6 +68,7 @@ async fn main() -> ExitCode {
                 url,
                 cfg.max_message_bytes,
                 cfg.batch_policy(),
+                cfg.shard_stream,
                 metrics.shard_batch_items.clone(),
             ) {
                 Ok(h) => group.push(h),

@@ -80,7 +80,7 @@ pub struct CoordinatorMetrics {
     pub missing_shards: Family<Shard, Counter>,
     pub second_rounds: Counter,
     pub shard_calls_in_flight: Gauge,
-    /// Items per RankBatch call (coalesced Rank calls; see `shard_batch`).
+    /// Items per batch (coalesced Rank calls; see `shard_batch`), streamed or called.
     pub shard_batch_items: Histogram,
     pub shard_retries: Family<Shard, Counter>,
     pub shard_hedges: Family<Shard, Counter>,
@@ -143,7 +143,7 @@ impl CoordinatorMetrics {
         );
         r.register(
             "shard_batch_items",
-            "Rank calls coalesced into each RankBatch call to a replica",
+            "Rank calls coalesced into each batch to a replica (a RankStream message or a RankBatch call)",
             m.shard_batch_items.clone(),
         );
         r.register_with_unit(

@@ -1,5 +1,6 @@
 //! Coalescing: the concurrent requests' Rank calls to one replica go out together, as
-//! one `RankBatch` call. Every request calls every shard, and a call is HTTP/2 frames,
+//! one batch (a message on the replica's `RankStream`, see [`crate::shard_stream`], or a
+//! `RankBatch` call). Every request calls every shard, and a call is HTTP/2 frames,
 //! syscalls and wake-ups on both ends whatever it carries: at rank-1k under load the
 //! calls were half of the request's writes. Coalesced, a rank-1k request makes half the
 //! writes, the cluster serves about 10% more, and its p99 at a rate near capacity fell

@@ -6,6 +6,7 @@
 
 use crate::replica::ReplicaSet;
 use crate::shard_batch::{BatchPolicy, Batcher, SendBatch};
+use crate::shard_stream::BatchStream;
 use prometheus_client::metrics::histogram::Histogram;
 use shardrank_proto::codec::{
     shard_unary, SharedBatchItem, SharedShardRankBatch, SharedShardRankRequest,
@@ -44,6 +45,9 @@ pub struct ShardHandle {
     /// The replica answered RankBatch with UNIMPLEMENTED (an older shard binary): its
     /// calls go one by one from then on.
     no_batches: Arc<AtomicBool>,
+    /// Batches go as messages on a RankStream (see [`crate::shard_stream`]), not as
+    /// RankBatch calls.
+    stream: bool,
 }
 
 /// A coalesced Rank: the request and its trace context.
@@ -57,6 +61,7 @@ impl ShardHandle {
         url: &str,
         max_message_bytes: usize,
         batch: BatchPolicy,
+        stream: bool,
         batch_sizes: Histogram,
     ) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_string())
@@ -81,6 +86,7 @@ impl ShardHandle {
             batcher: Arc::default(),
             batch_sizes,
             no_batches: Arc::default(),
+            stream,
         })
     }
 
@@ -115,11 +121,15 @@ impl ShardHandle {
         if self.batch.admits(req.ids().len()) && !self.no_batches.load(Ordering::Relaxed) {
             let batcher = self.batcher.get_or_init(|| {
                 let sizes = self.batch_sizes.clone();
+                let url: Arc<str> = self.url.clone().into();
                 Batcher::spawn(
                     self.batch,
                     RankBatchSender {
                         index: self.index,
-                        url: self.url.clone().into(),
+                        stream: self.stream.then(|| {
+                            Arc::new(BatchStream::new(self.index, url.clone(), self.grpc.clone()))
+                        }),
+                        url,
                         grpc: self.grpc.clone(),
                         no_batches: self.no_batches.clone(),
                     },
@@ -238,14 +248,18 @@ async fn rank_alone(
     .await
 }
 
-/// Sends a replica's coalesced Rank calls as one RankBatch call, bounded by the latest
-/// of its items' deadlines (each item carries its own budget to the shard). A replica
-/// that answers UNIMPLEMENTED (a binary from before RankBatch) gets this batch's items
-/// one by one, and the handle sends it every later call alone.
+/// Sends a replica's coalesced Rank calls as one batch, bounded by the latest of its
+/// items' deadlines (each item carries its own budget to the shard): a message on the
+/// replica's RankStream, or a RankBatch call. A replica that answers RankStream with
+/// UNIMPLEMENTED gets RankBatch calls from then on; one that answers RankBatch so (a
+/// binary from before it) gets this batch's items one by one, and the handle sends it
+/// every later call alone.
 struct RankBatchSender {
     index: u32,
     url: Arc<str>,
     grpc: tonic::client::Grpc<Channel>,
+    /// None with streams off.
+    stream: Option<Arc<BatchStream>>,
     no_batches: Arc<AtomicBool>,
 }
 
@@ -258,6 +272,7 @@ impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
            + 'static {
         let (index, url, mut grpc) = (self.index, self.url.clone(), self.grpc.clone());
         let no_batches = self.no_batches.clone();
+        let stream = self.stream.clone();
         async move {
             let now = Instant::now();
             let budget = |d: Instant| {
@@ -280,18 +295,36 @@ impl SendBatch<RankItem, ShardRankResponse> for RankBatchSender {
                         })
                         .collect(),
                 ),
+                sequence: 0,
             };
             let items = batch.items.clone();
-            let g = &mut grpc;
-            let res = call_replica(
-                index,
-                &url,
-                batch,
-                timeout,
-                TraceContext::new_root(),
-                move |r| async move { shard_unary(g, r).await },
-            )
-            .await;
+            let streamed = match &stream {
+                Some(s) if !s.disabled() => match s.send(batch.clone(), timeout).await {
+                    Err(e) if e.code() == tonic::Code::Unimplemented => {
+                        if !s.disable() {
+                            tracing::warn!(shard = index, url = %url, "replica does not serve RankStream (an older binary?): batches go as RankBatch calls");
+                        }
+                        None
+                    }
+                    other => Some(other),
+                },
+                _ => None,
+            };
+            let res = match streamed {
+                Some(res) => res,
+                None => {
+                    let g = &mut grpc;
+                    call_replica(
+                        index,
+                        &url,
+                        batch,
+                        timeout,
+                        TraceContext::new_root(),
+                        move |r| async move { shard_unary(g, r).await },
+                    )
+                    .await
+                }
+            };
             let results = match res {
                 Err(s) if s.code() == tonic::Code::Unimplemented => {
                     if !no_batches.swap(true, Ordering::Relaxed) {

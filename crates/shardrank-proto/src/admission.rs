@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::http;
 use tonic::{Code, Status};
 
@@ -41,6 +41,19 @@ impl Admission {
     /// Requests being processed now.
     pub fn in_flight(&self) -> usize {
         self.limit - self.permits.available_permits()
+    }
+
+    /// Admits one request of `path` (a limited RPC, or a message of a stream whose
+    /// messages are requests): its permit, held while it is processed, or the
+    /// RESOURCE_EXHAUSTED answer (counted by `on_shed`).
+    pub fn try_admit(&self, path: &str) -> Result<OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            (self.on_shed)(path);
+            Status::resource_exhausted(format!(
+                "overloaded: {} requests already in flight (the server's --max-in-flight); retry later or elsewhere",
+                self.limit
+            ))
+        })
     }
 }
 
@@ -94,16 +107,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
         let permit = if self.admission.paths.contains(&path) {
-            match self.admission.permits.clone().try_acquire_owned() {
+            match self.admission.try_admit(path) {
                 Ok(p) => Some(p),
-                Err(_) => {
-                    (self.admission.on_shed)(path);
-                    let status = Status::resource_exhausted(format!(
-                        "overloaded: {} requests already in flight (the server's --max-in-flight); retry later or elsewhere",
-                        self.admission.limit
-                    ));
-                    return Box::pin(std::future::ready(Ok(status.into_http())));
-                }
+                Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
             }
         } else {
             None

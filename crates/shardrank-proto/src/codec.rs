@@ -382,6 +382,8 @@ pub struct SharedShardRankBatch {
     /// Shared, so that the sender keeps the items the call consumes (to send them one by
     /// one to a shard that does not serve RankBatch).
     pub items: Arc<Vec<SharedBatchItem>>,
+    /// On `RankStream`, the sender's number for the batch (0 on `RankBatch`).
+    pub sequence: u64,
 }
 
 impl Message for SharedShardRankBatch {
@@ -390,6 +392,9 @@ impl Message for SharedShardRankBatch {
             encode_key(1, WireType::LengthDelimited, buf);
             encode_varint(item.encoded_len() as u64, buf);
             item.encode_fields(buf);
+        }
+        if self.sequence != 0 {
+            prost::encoding::uint64::encode(2, &self.sequence, buf);
         }
     }
 
@@ -409,6 +414,8 @@ impl Message for SharedShardRankBatch {
                 traceparent: item.traceparent,
             });
             Ok(())
+        } else if tag == 2 {
+            prost::encoding::uint64::merge(wire_type, &mut self.sequence, buf, ctx)
         } else {
             prost::encoding::skip_field(wire_type, tag, buf, ctx)
         }
@@ -421,11 +428,17 @@ impl Message for SharedShardRankBatch {
                 let n = i.encoded_len();
                 prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(n as u64) + n
             })
-            .sum()
+            .sum::<usize>()
+            + if self.sequence != 0 {
+                prost::encoding::uint64::encoded_len(2, &self.sequence)
+            } else {
+                0
+            }
     }
 
     fn clear(&mut self) {
         self.items = Arc::default();
+        self.sequence = 0;
     }
 }
 
@@ -477,6 +490,32 @@ where
         .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", Req::NAME));
     grpc.unary(request, path, WireCodec::default()).await
 }
+
+/// Opens `RankStream`: `batches` go out as they come, and their answers come back on the
+/// returned stream (each with its batch's `sequence`).
+pub async fn rank_stream<T, S>(
+    grpc: &mut tonic::client::Grpc<T>,
+    mut request: tonic::Request<S>,
+) -> Result<tonic::Response<tonic::Streaming<v1::ShardRankBatchResponse>>, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    S: tonic::codegen::tokio_stream::Stream<Item = SharedShardRankBatch> + Send + 'static,
+{
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(format!("Service was not ready: {}", e.into())))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(RANK_STREAM_PATH);
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("shardrank.v1.Shard", "RankStream"));
+    grpc.streaming(request, path, WireCodec::default()).await
+}
+
+/// The path of `Shard/RankStream`.
+pub const RANK_STREAM_PATH: &str = "/shardrank.v1.Shard/RankStream";
 
 /// Decodes `bytes` as an `M`: the packed form of field `ids_tag` through `packed`,
 /// every other field (and an unpacked `ids_tag`) through prost.
@@ -755,8 +794,14 @@ mod tests {
     #[test]
     fn a_shared_batch_is_on_the_wire_the_batch_it_stands_for() {
         let mut g = Gen(57);
-        for sizes in [vec![], vec![0], vec![1, 513], vec![3000, 0, 7]] {
+        for (sequence, sizes) in [vec![], vec![0], vec![1, 513], vec![3000, 0, 7]]
+            .into_iter()
+            .enumerate()
+        {
+            // On RankStream a batch carries its number (0, as on RankBatch, is not written).
+            let sequence = sequence as u64 * 300;
             let owned = v1::ShardRankBatchRequest {
+                sequence,
                 items: sizes
                     .iter()
                     .enumerate()
@@ -783,6 +828,7 @@ mod tests {
                         })
                         .collect(),
                 ),
+                sequence,
             };
             let mut bytes = Vec::new();
             shared.clone().encode_into(&mut bytes);
@@ -812,6 +858,7 @@ mod tests {
                     traceparent: "x".into(),
                 })
                 .collect(),
+            sequence: 12,
         };
         let bytes = owned.encode_to_vec();
         let mut refused = 0;
@@ -984,6 +1031,8 @@ mod tests {
                         response: None,
                     },
                 ],
+                // As on RankStream.
+                sequence: 77,
             };
             let mut bytes = batch.encode_to_vec();
             let twice = v1::ShardRankBatchResult {
@@ -1045,6 +1094,7 @@ mod tests {
                     message: "m".into(),
                     response: Some(r),
                 }],
+                sequence: round as u64,
             }
             .encode_to_vec();
             for cut in 0..one.len() {

@@ -249,9 +249,13 @@ async fn main() -> ExitCode {
                 .inc();
         }),
     );
-    let service = ShardServer::new(ShardService { state })
-        .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(cfg.max_message_bytes);
+    let service = ShardServer::new(ShardService {
+        state,
+        admission: Some(admission.clone()),
+        shutdown: Some(shutdown.clone()),
+    })
+    .max_decoding_message_size(cfg.max_message_bytes)
+    .max_encoding_message_size(cfg.max_message_bytes);
     let server = serving::server_builder()
         .layer(admission)
         .add_service(health_service)

@@ -37,6 +37,8 @@ pub struct ShardMetrics {
     pub posts: Gauge,
     pub post_bytes: Gauge,
     pub requests_shed: Counter,
+    pub rank_streams: Gauge,
+    pub rank_stream_batches: Counter,
     pub truncated: Counter,
     pub events_malformed: Counter,
     pub retrieve_requests: Family<Code, Counter>,
@@ -63,6 +65,8 @@ impl ShardMetrics {
             posts: Gauge::default(),
             post_bytes: Gauge::default(),
             requests_shed: Counter::default(),
+            rank_streams: Gauge::default(),
+            rank_stream_batches: Counter::default(),
             truncated: Counter::default(),
             events_malformed: Counter::default(),
             retrieve_requests: Family::default(),
@@ -110,6 +114,16 @@ impl ShardMetrics {
             "requests_shed",
             "Rank requests refused at once with RESOURCE_EXHAUSTED (at --max-in-flight)",
             m.requests_shed.clone(),
+        );
+        r.register(
+            "rank_streams",
+            "RankStream streams open now (a coordinator's coalesced batches, one stream per connection)",
+            m.rank_streams.clone(),
+        );
+        r.register(
+            "rank_stream_batches",
+            "Batches received on RankStream streams (each item also counts under requests)",
+            m.rank_stream_batches.clone(),
         );
         r.register(
             "truncated_answers",

@@ -9,16 +9,22 @@ use crate::store::PostStore;
 use shardrank_core::features::UserView;
 use shardrank_core::lang;
 use shardrank_core::model::Models;
+use shardrank_proto::admission::Admission;
+use shardrank_proto::codec::RANK_STREAM_PATH;
+use shardrank_proto::serving::Shutdown;
 use shardrank_proto::trace::TraceContext;
 use shardrank_proto::v1::shard_server::Shard;
 use shardrank_proto::v1::{
     CandidateSource, RetrieveRequest, RetrieveResponse, ShardInfoRequest, ShardInfoResponse,
-    ShardRankBatchRequest, ShardRankBatchResponse, ShardRankBatchResult, ShardRankRequest,
-    ShardRankResponse, UserContext,
+    ShardRankBatchItem, ShardRankBatchRequest, ShardRankBatchResponse, ShardRankBatchResult,
+    ShardRankRequest, ShardRankResponse, UserContext,
 };
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 /// Everything a request reads. The store is set once loaded; live ingestion takes the
@@ -40,6 +46,23 @@ const INLINE_CANDIDATES: usize = crate::rank::CHUNK;
 #[derive(Clone)]
 pub struct ShardService {
     pub state: Arc<ShardState>,
+    /// The server's load shedding, for RankStream: the layer admits whole calls, and a
+    /// stream's batches are requests of their own, admitted one by one. None: no limit.
+    pub admission: Option<Admission>,
+    /// Open RankStreams stop taking batches when the shard drains, so that their senders
+    /// go elsewhere rather than keep the drain waiting. None: never.
+    pub shutdown: Option<Shutdown>,
+}
+
+impl ShardService {
+    /// A service over `state`, with no stream admission or drain (tests, embedding).
+    pub fn new(state: Arc<ShardState>) -> Self {
+        ShardService {
+            state,
+            admission: None,
+            shutdown: None,
+        }
+    }
 }
 
 fn user_view(ctx: &UserContext) -> Result<UserView, ShardError> {
@@ -116,65 +139,26 @@ impl Shard for ShardService {
     ) -> Result<Response<ShardRankBatchResponse>, Status> {
         let now = Instant::now();
         let items = request.into_inner().items;
-        if items.len() > MAX_BATCH_ITEMS {
-            return Err(Status::invalid_argument(format!(
-                "a batch of {} items: at most {MAX_BATCH_ITEMS}",
-                items.len()
-            )));
-        }
-        // Each item as Rank would rank it, as a task of its own: the items of a batch
-        // spread over the async workers as separate calls would (the first one runs
-        // here).
-        let mut ranked = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let me = self.clone();
-            let one = async move {
-                let Some(req) = item.request else {
-                    let res = Err(ShardError::InvalidArgument(format!(
-                        "batch item {i} has no request"
-                    )));
-                    count_by_code(&me.state.metrics.requests, &res);
-                    return res;
-                };
-                let trace =
-                    TraceContext::parse(&item.traceparent).unwrap_or_else(TraceContext::new_root);
-                let deadline = (item.timeout_us > 0).then(|| {
-                    let t = std::time::Duration::from_micros(item.timeout_us);
-                    (now + t, t)
-                });
-                me.rank_one(req, trace, deadline).await
-            };
-            ranked.push(if i == 0 {
-                futures_util::future::Either::Left(one)
-            } else {
-                let task = tokio::spawn(one);
-                futures_util::future::Either::Right(async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(ShardError::Internal(format!("batch item {i} failed: {e}")))
-                    })
-                })
-            });
-        }
-        let results = futures_util::future::join_all(ranked)
-            .await
-            .into_iter()
-            .map(|res| match res {
-                Ok(r) => ShardRankBatchResult {
-                    code: 0,
-                    message: String::new(),
-                    response: Some(r),
-                },
-                Err(e) => {
-                    let status = Status::from(e);
-                    ShardRankBatchResult {
-                        code: status.code() as i32,
-                        message: status.message().to_string(),
-                        response: None,
-                    }
-                }
-            })
-            .collect();
-        Ok(Response::new(ShardRankBatchResponse { results }))
+        check_batch_size(items.len())?;
+        let results = self.rank_items(items, now).await;
+        Ok(Response::new(ShardRankBatchResponse {
+            results,
+            sequence: 0,
+        }))
+    }
+
+    type RankStreamStream =
+        Pin<Box<dyn Stream<Item = Result<ShardRankBatchResponse, Status>> + Send + 'static>>;
+
+    async fn rank_stream(
+        &self,
+        request: Request<Streaming<ShardRankBatchRequest>>,
+    ) -> Result<Response<Self::RankStreamStream>, Status> {
+        let batches = request.into_inner();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().serve_stream(batches, tx));
+        let answers = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn retrieve(
@@ -224,7 +208,159 @@ impl Shard for ShardService {
 /// `--shard-batch-max-items`).
 pub const MAX_BATCH_ITEMS: usize = 1024;
 
+fn check_batch_size(items: usize) -> Result<(), Status> {
+    if items > MAX_BATCH_ITEMS {
+        return Err(Status::invalid_argument(format!(
+            "a batch of {items} items: at most {MAX_BATCH_ITEMS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Every item of a batch failed with `status` (a batch refused whole on a stream).
+fn all_failed(items: usize, status: &Status) -> Vec<ShardRankBatchResult> {
+    let result = ShardRankBatchResult {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        response: None,
+    };
+    vec![result; items]
+}
+
+type Answers = mpsc::UnboundedSender<Result<ShardRankBatchResponse, Status>>;
+
+/// A RankStream counted in the open-streams gauge while it lives.
+struct OpenStream<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> OpenStream<'a> {
+    fn count(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenStream(gauge)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl ShardService {
+    /// One RankStream: each batch read is admitted, ranked as RankBatch ranks it (a task
+    /// of its own, so that batches overlap as calls would) and answered with its
+    /// sequence. The answers end when the sender closes its side and the last batch is
+    /// answered, at the first message that does not parse (with its status), or, when
+    /// the shard drains, once the batches already read are answered.
+    async fn serve_stream(self, mut batches: Streaming<ShardRankBatchRequest>, tx: Answers) {
+        let metrics = &self.state.metrics;
+        let _open = OpenStream::count(&metrics.rank_streams);
+        let drained = async {
+            match &self.shutdown {
+                Some(s) => s.requested().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(drained);
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = &mut drained => return,
+                b = batches.message() => b,
+            };
+            let batch = match batch {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = tx.send(Err(status));
+                    return;
+                }
+            };
+            metrics.rank_stream_batches.inc();
+            let now = Instant::now();
+            let admitted = check_batch_size(batch.items.len()).and_then(|()| {
+                self.admission
+                    .as_ref()
+                    .map(|a| a.try_admit(RANK_STREAM_PATH))
+                    .transpose()
+            });
+            let (me, tx) = (self.clone(), tx.clone());
+            tokio::spawn(async move {
+                let results = match admitted {
+                    Ok(permit) => {
+                        let results = me.rank_items(batch.items, now).await;
+                        drop(permit);
+                        results
+                    }
+                    // Counted as a refused RankBatch call is: once, by the admission.
+                    Err(status) => all_failed(batch.items.len(), &status),
+                };
+                let _ = tx.send(Ok(ShardRankBatchResponse {
+                    results,
+                    sequence: batch.sequence,
+                }));
+            });
+        }
+    }
+
+    /// A batch's items, each as Rank would rank it, as a task of its own: the items
+    /// spread over the async workers as separate calls would (the first one runs here).
+    /// Results in the items' order.
+    async fn rank_items(
+        &self,
+        items: Vec<ShardRankBatchItem>,
+        now: Instant,
+    ) -> Vec<ShardRankBatchResult> {
+        let mut ranked = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let me = self.clone();
+            let one = async move {
+                let Some(req) = item.request else {
+                    let res = Err(ShardError::InvalidArgument(format!(
+                        "batch item {i} has no request"
+                    )));
+                    count_by_code(&me.state.metrics.requests, &res);
+                    return res;
+                };
+                let trace =
+                    TraceContext::parse(&item.traceparent).unwrap_or_else(TraceContext::new_root);
+                let deadline = (item.timeout_us > 0).then(|| {
+                    let t = std::time::Duration::from_micros(item.timeout_us);
+                    (now + t, t)
+                });
+                me.rank_one(req, trace, deadline).await
+            };
+            ranked.push(if i == 0 {
+                futures_util::future::Either::Left(one)
+            } else {
+                let task = tokio::spawn(one);
+                futures_util::future::Either::Right(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(ShardError::Internal(format!("batch item {i} failed: {e}")))
+                    })
+                })
+            });
+        }
+        futures_util::future::join_all(ranked)
+            .await
+            .into_iter()
+            .map(|res| match res {
+                Ok(r) => ShardRankBatchResult {
+                    code: 0,
+                    message: String::new(),
+                    response: Some(r),
+                },
+                Err(e) => {
+                    let status = Status::from(e);
+                    ShardRankBatchResult {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                        response: None,
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// One Rank request, in its own span, counted under its outcome.
     async fn rank_one(
         &self,

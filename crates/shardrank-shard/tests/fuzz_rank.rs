@@ -36,12 +36,7 @@ fn service() -> &'static (ShardService, Vec<u64>) {
             live_position: Default::default(),
         };
         let _ = state.store.set(RwLock::new(store));
-        (
-            ShardService {
-                state: Arc::new(state),
-            },
-            ids,
-        )
+        (ShardService::new(Arc::new(state)), ids)
     })
 }
 
