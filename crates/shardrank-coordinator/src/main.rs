@@ -182,7 +182,7 @@ async fn main() -> ExitCode {
     let waits = handles.iter().enumerate().map(|(i, h)| {
         let probe = ShardGroup {
             index: i as u32,
-            handles: h.clone(),
+            handles: h.clone().into(),
             set: Arc::new(ReplicaSet::new(i as u32, &shard_urls[i], &[], 0.0, None)),
         };
         async move { probe.wait_ready(num_shards, deadline).await }
@@ -198,7 +198,7 @@ async fn main() -> ExitCode {
         posts += p;
         shards.push(ShardGroup {
             index: i as u32,
-            handles: handles[i].clone(),
+            handles: handles[i].clone().into(),
             set: Arc::new(ReplicaSet::new(
                 i as u32,
                 &shard_urls[i],

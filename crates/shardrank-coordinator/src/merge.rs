@@ -66,27 +66,35 @@ fn light_cmp(a: &Candidate, b: &Candidate) -> Ordering {
 
 /// The H-th best candidate by light score among all parts, if there are H.
 fn hth_best(parts: &[ShardPart], h: usize) -> Option<Candidate> {
+    let total: usize = parts.iter().map(|p| p.items.len()).sum();
+    if total < h || h == 0 {
+        return None;
+    }
     let mut all: Vec<ByLight> = parts
         .iter()
         .flat_map(|p| p.items.iter().map(|c| ByLight(*c)))
         .collect();
-    if all.len() < h || h == 0 {
-        return None;
-    }
     all.select_nth_unstable_by(h - 1, shardrank_core::topk::cmp);
     Some(all[h - 1].0)
 }
 
 /// Which parts may hold more of the global top `h` than they returned, and what to ask.
 pub fn shortfall(parts: &[ShardPart], h: usize) -> Vec<Refetch> {
+    // Exhausted, or its whole local top h is known: nothing more to ask of it.
+    let done = |p: &ShardPart| p.items.len() >= p.eligible || p.items.len() >= h;
+    // The usual case when a request's candidates fit in one round (rank-1k): no cut
+    // to compute (a copy and a selection of every candidate returned).
+    if parts.iter().all(done) {
+        return Vec::new();
+    }
     let cut = hth_best(parts, h);
     parts
         .iter()
         .enumerate()
         .filter_map(|(i, p)| {
             let got = p.items.len();
-            if got >= p.eligible || got >= h {
-                return None; // exhausted, or its whole local top h is known
+            if done(p) {
+                return None;
             }
             let needs_more = match (cut, p.items.last()) {
                 // Fewer than h in the union: every unexhausted shard may add to the top h.

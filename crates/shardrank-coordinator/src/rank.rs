@@ -197,9 +197,12 @@ impl Ranker {
                 async move {
                     let t0 = Instant::now();
                     let send = |replica: usize, left: Duration| {
-                        let handle = group.handles[replica].clone();
+                        let handles = group.handles.clone();
                         let req = req.clone();
-                        async move { handle.rank(req, shard_budget(left), trace.child()).await }
+                        async move {
+                            let budget = shard_budget(left);
+                            handles[replica].rank(req, budget, trace.child()).await
+                        }
                     };
                     let out = shard_call::call(&group.set, deadline, &policy, send).await;
                     let outcome = match &out.result {

@@ -25,7 +25,9 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone)]
 pub struct ShardGroup {
     pub index: u32,
-    pub handles: Vec<ShardHandle>,
+    /// Shared: every request's call to the shard takes the group (a clone per handle,
+    /// with its URL and clients, was a few allocations per call).
+    pub handles: Arc<[ShardHandle]>,
     pub set: Arc<ReplicaSet>,
 }
 
