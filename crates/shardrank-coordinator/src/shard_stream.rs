@@ -55,12 +55,15 @@ impl Pending {
         self.lock().as_mut().and_then(|p| p.remove(&sequence))
     }
 
-    /// Fails every waiting batch with `status` and refuses new ones.
-    fn end(&self, status: &Status) {
-        let waiting = self.lock().take();
-        for (_, reply) in waiting.into_iter().flatten() {
+    /// Fails every waiting batch with `status` and refuses new ones; returns how many
+    /// were waiting.
+    fn end(&self, status: &Status) -> usize {
+        let waiting = self.lock().take().unwrap_or_default();
+        let n = waiting.len();
+        for (_, reply) in waiting {
             let _ = reply.send(Err(status.clone()));
         }
+        n
     }
 }
 
@@ -150,6 +153,7 @@ impl BatchStream {
             pending: pending.clone(),
         });
         *slot = Some(open.clone());
+        tracing::debug!(shard = self.index, url = %self.url, "opening a RankStream");
         tokio::spawn(run(
             self.grpc.clone(),
             self.index,
@@ -198,5 +202,12 @@ async fn run(
             status.message()
         )),
     };
-    pending.end(&status);
+    let failed = pending.end(&status);
+    // A replica that restarts or drains ends its streams: worth a line when batches
+    // were caught in it (they are retried elsewhere), not when a quiet stream closes.
+    if failed > 0 && status.code() != tonic::Code::Unimplemented {
+        tracing::info!(shard = index, url = %url, batches = failed, error = %status.message(), "shard stream ended with batches in flight: they fail UNAVAILABLE");
+    } else {
+        tracing::debug!(shard = index, url = %url, error = %status.message(), "shard stream ended");
+    }
 }
