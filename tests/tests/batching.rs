@@ -530,3 +530,139 @@ async fn a_stream_batch_over_the_in_flight_limit_is_refused_item_by_item() {
     }
     assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// A shard whose first RankStream reads one batch and ends without answering (as a
+/// replica that restarts with a batch in flight), and whose later streams answer every
+/// batch with one empty OK result per item.
+struct EndsOnce {
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl shardrank_proto::v1::shard_server::Shard for EndsOnce {
+    async fn rank(
+        &self,
+        _: tonic::Request<ShardRankRequest>,
+    ) -> Result<tonic::Response<ShardRankResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this fake"))
+    }
+
+    async fn info(
+        &self,
+        _: tonic::Request<shardrank_proto::v1::ShardInfoRequest>,
+    ) -> Result<tonic::Response<shardrank_proto::v1::ShardInfoResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this fake"))
+    }
+
+    async fn retrieve(
+        &self,
+        _: tonic::Request<shardrank_proto::v1::RetrieveRequest>,
+    ) -> Result<tonic::Response<shardrank_proto::v1::RetrieveResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this fake"))
+    }
+
+    async fn rank_batch(
+        &self,
+        _: tonic::Request<ShardRankBatchRequest>,
+    ) -> Result<tonic::Response<shardrank_proto::v1::ShardRankBatchResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this fake"))
+    }
+
+    type RankStreamStream = tokio_stream::wrappers::UnboundedReceiverStream<
+        Result<shardrank_proto::v1::ShardRankBatchResponse, tonic::Status>,
+    >;
+
+    async fn rank_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<ShardRankBatchRequest>>,
+    ) -> Result<tonic::Response<Self::RankStreamStream>, tonic::Status> {
+        let first = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0;
+        let mut batches = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(b)) = batches.message().await {
+                if first {
+                    return; // ends the answers (tx dropped) with the batch unanswered
+                }
+                let results = b
+                    .items
+                    .iter()
+                    .map(|_| shardrank_proto::v1::ShardRankBatchResult {
+                        code: 0,
+                        message: String::new(),
+                        response: Some(ShardRankResponse::default()),
+                    })
+                    .collect();
+                let _ = tx.send(Ok(shardrank_proto::v1::ShardRankBatchResponse {
+                    results,
+                    sequence: b.sequence,
+                }));
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_fails_its_batch_unavailable_and_the_next_batch_opens_another() {
+    use shardrank_coordinator::shard_stream::BatchStream;
+    use shardrank_proto::codec::{SharedBatchItem, SharedShardRankBatch};
+    use std::time::Duration;
+
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(shardrank_proto::v1::shard_server::ShardServer::new(
+                EndsOnce {
+                    opened: opened.clone(),
+                },
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let grpc = tonic::client::Grpc::new(shardrank_tests::channel(&url).await);
+    let stream = BatchStream::new(0, url.as_str().into(), grpc);
+    let batch = |items: usize| SharedShardRankBatch {
+        items: Arc::new(
+            (0..items)
+                .map(|_| SharedBatchItem {
+                    request: ShardRankRequest::default().into(),
+                    timeout_us: 1_000_000,
+                    traceparent: String::new(),
+                })
+                .collect(),
+        ),
+        sequence: 0,
+    };
+    let lost = stream
+        .send(batch(2), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    // Retryable, and says which shard and why (not a timeout).
+    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+    assert!(
+        lost.message().contains("shard 0 at") && lost.message().contains("stream ended"),
+        "{}",
+        lost.message()
+    );
+    // The next batch opens a new stream and is answered by its own sequence.
+    for items in [3, 1] {
+        let answer = stream
+            .send(batch(items), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.results.len(), items);
+        assert!(
+            answer.sequence > 1,
+            "numbered by the sender: {}",
+            answer.sequence
+        );
+    }
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
