@@ -2,8 +2,8 @@
 //! a `RankBatch` call each. A call opens an HTTP/2 stream, encodes and parses headers
 //! and trailers, and goes through the client's and the server's per-call dispatch
 //! (tonic's buffer task, hyper's, a task per call on the shard); a message on an open
-//! stream is a DATA frame each way. At rank-1k the calls were most of a request's cost
-//! beyond its ranking (BENCHMARKS.md, "the fan-out floor").
+//! stream is a DATA frame each way. At rank-1k that took a fifth of the cluster's CPU
+//! per request off (interleaved pairs, BENCHMARKS.md at dd0bcb0).
 //!
 //! The stream is opened on the first batch and again on the first batch after it ends
 //! (the replica restarted, drained, or the connection broke). Batches in flight when it
@@ -42,7 +42,6 @@ struct Open {
 
 /// The batches waiting for their answers; None once the stream has ended (no batch
 /// may wait on it then).
-#[derive(Default)]
 struct Pending(Mutex<Option<HashMap<u64, Reply>>>);
 
 impl Pending {
@@ -98,6 +97,7 @@ impl BatchStream {
         self.unsupported.swap(true, Ordering::Relaxed)
     }
 
+    /// Whether the replica is known not to serve RankStream.
     pub fn disabled(&self) -> bool {
         self.unsupported.load(Ordering::Relaxed)
     }
