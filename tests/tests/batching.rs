@@ -51,18 +51,34 @@ fn shard_request(facts: &Facts, k: usize, heavy: u32) -> ShardRankRequest {
     }
 }
 
+/// `n` requests to shard 0 of `c` (request k heavy-scores `heavy(k)`), each answered
+/// alone by Rank: a client of the shard, the requests and their answers.
+async fn ranked_alone(
+    c: &Cluster,
+    facts: &Facts,
+    n: usize,
+    heavy: impl Fn(u32) -> u32,
+) -> (
+    ShardClient<Channel>,
+    Vec<ShardRankRequest>,
+    Vec<ShardRankResponse>,
+) {
+    let mut shard = ShardClient::new(shardrank_tests::channel(&c.shard_urls[0]).await);
+    let reqs: Vec<ShardRankRequest> = (0..n)
+        .map(|k| shard_request(facts, k, heavy(k as u32)))
+        .collect();
+    let mut alone = Vec::new();
+    for r in &reqs {
+        alone.push(answer(&shard.rank(r.clone()).await.unwrap().into_inner()));
+    }
+    (shard, reqs, alone)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_ranks_each_item_as_rank_does_and_each_has_its_own_outcome() {
     let c = Cluster::start(2, &["--corpus", "tiny"]).await;
     let facts = Facts::of("tiny", 42);
-    let mut shard = ShardClient::new(shardrank_tests::channel(&c.shard_urls[0]).await);
-    let good: Vec<ShardRankRequest> = (0..4)
-        .map(|k| shard_request(&facts, k, 50 + k as u32 * 20))
-        .collect();
-    let mut alone = Vec::new();
-    for r in &good {
-        alone.push(answer(&shard.rank(r.clone()).await.unwrap().into_inner()));
-    }
+    let (mut shard, good, alone) = ranked_alone(&c, &facts, 4, |k| 50 + k * 20).await;
     assert!(
         alone.iter().all(|a| !a.ids.is_empty()),
         "the requests rank something"
@@ -419,14 +435,7 @@ async fn stream_answers(
 async fn a_rank_stream_answers_each_batch_by_its_sequence_and_goes_on_after_a_refused_one() {
     let c = Cluster::start(2, &["--corpus", "tiny"]).await;
     let facts = Facts::of("tiny", 42);
-    let mut shard = ShardClient::new(shardrank_tests::channel(&c.shard_urls[0]).await);
-    let reqs: Vec<ShardRankRequest> = (0..3)
-        .map(|k| shard_request(&facts, k, 40 + k as u32 * 30))
-        .collect();
-    let mut alone = Vec::new();
-    for r in &reqs {
-        alone.push(answer(&shard.rank(r.clone()).await.unwrap().into_inner()));
-    }
+    let (_, reqs, alone) = ranked_alone(&c, &facts, 3, |k| 40 + k * 30).await;
     let item = |r: &ShardRankRequest| ShardRankBatchItem {
         request: Some(r.clone()),
         timeout_us: 5_000_000,

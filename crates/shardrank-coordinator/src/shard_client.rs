@@ -194,7 +194,8 @@ impl ShardHandle {
     }
 }
 
-fn late(index: u32, url: &str, timeout: Duration) -> tonic::Status {
+/// A shard call (or batch) that ran out of time: DEADLINE_EXCEEDED, naming the replica.
+pub(crate) fn late(index: u32, url: &str, timeout: Duration) -> tonic::Status {
     tonic::Status::deadline_exceeded(format!(
         "shard {index} at {url} did not answer within {timeout:?}"
     ))

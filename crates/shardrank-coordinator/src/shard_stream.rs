@@ -10,6 +10,7 @@
 //! ends fail UNAVAILABLE, as a call on a broken connection would, so that the policies
 //! above retry them elsewhere. Answers are matched to batches by `sequence`.
 
+use crate::shard_client::late;
 use shardrank_proto::codec::{rank_stream, SharedShardRankBatch};
 use shardrank_proto::v1::ShardRankBatchResponse;
 use std::collections::HashMap;
@@ -123,10 +124,7 @@ impl BatchStream {
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(self.ended("the stream ended without an answer")),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "shard {} at {} did not answer within {timeout:?}",
-                self.index, self.url
-            ))),
+            Err(_) => Err(late(self.index, &self.url, timeout)),
         }
     }
 
