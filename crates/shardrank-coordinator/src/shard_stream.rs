@@ -129,7 +129,7 @@ impl BatchStream {
     }
 
     fn ended(&self, why: &str) -> Status {
-        Status::unavailable(format!("shard {} at {}: {why}", self.index, self.url))
+        lost(self.index, &self.url, why)
     }
 
     /// Registers a batch's reply on the open stream, opening one if there is none or
@@ -161,6 +161,11 @@ impl BatchStream {
         ));
         open
     }
+}
+
+/// A batch the stream lost: UNAVAILABLE (retryable elsewhere), naming the replica.
+fn lost(index: u32, url: &str, why: &str) -> Status {
+    Status::unavailable(format!("shard {index} at {url}: {why}"))
 }
 
 /// Opens the stream with `batches` as its requests and hands each answer to its batch;
@@ -195,10 +200,7 @@ async fn run(
         // Kept as they are: the caller falls back to calls on UNIMPLEMENTED.
         tonic::Code::Unimplemented => status,
         // Whatever else ended the stream, its batches are as good as unsent.
-        _ => Status::unavailable(format!(
-            "shard {index} at {url}: stream ended: {}",
-            status.message()
-        )),
+        _ => lost(index, &url, &format!("stream ended: {}", status.message())),
     };
     let failed = pending.end(&status);
     // A replica that restarts or drains ends its streams: worth a line when batches
