@@ -101,6 +101,48 @@ async fn sigterm_stops_every_process_cleanly() {
     }
 }
 
+/// `--worker-threads` sizes each server's async runtime, and /metrics says what it
+/// resolved to; without the flag, one worker per core.
+#[tokio::test]
+async fn worker_threads_size_each_servers_runtime() {
+    let c = Cluster::start_full(
+        2,
+        1,
+        &["--corpus", "tiny"],
+        &["--worker-threads", "3"],
+        &["--worker-threads", "1"],
+    )
+    .await;
+    use shardrank_tests::{http_get, metric};
+    let facts = shardrank_tests::corpus_facts::Facts::of("tiny", 42);
+    let workers = |text: &str| metric(text, "shardrank_runtime_workers");
+    for admin in &c.shard_admin {
+        let (_, m) = http_get(&format!("{admin}/metrics")).await;
+        assert_eq!(workers(&m), Some(3.0), "{admin}");
+    }
+    let (_, m) = http_get(&format!("{}/metrics", c.admin)).await;
+    assert_eq!(workers(&m), Some(1.0));
+    let r = c
+        .client()
+        .await
+        .rank(shardrank_proto::v1::RankRequest {
+            user_id: facts.users[0],
+            candidate_ids: facts.tweets[..500].to_vec(),
+            top_k: 10,
+            include_stats: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.missing_shards.is_empty(), "{:?}", r.missing_shards);
+    assert_eq!(r.candidates.len(), 10);
+
+    let d = Cluster::start(1, &["--corpus", "tiny"]).await;
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    let (_, m) = http_get(&format!("{}/metrics", d.shard_admin[0])).await;
+    assert_eq!(workers(&m), Some(cores));
+}
+
 #[tokio::test]
 async fn a_shard_reports_not_serving_until_its_partition_is_loaded() {
     // The standard corpus takes a moment to load: health must not say SERVING before.

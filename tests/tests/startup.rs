@@ -64,6 +64,21 @@ fn bad_flags_are_named() {
         "between 1 and 1024",
     );
     assert_fails("shardrank", &["gen", "--corpus", "tiny"], "--out");
+    assert_fails(
+        "shardrank-shard",
+        &["--worker-threads", "0"],
+        "--worker-threads",
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &["--worker-threads", "0", "--check-config"],
+        "--worker-threads",
+    );
+    assert_fails(
+        "shardrank",
+        &["up", "--shard-worker-threads", "0"],
+        "--shard-worker-threads",
+    );
     // Kafka flags: named, checked before anything connects.
     assert_fails(
         "shardrank-shard",

@@ -14,6 +14,17 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The value a process was started with for `flag`.
+fn started_with(pid: u32, flag: &str) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).cloned()
+}
+
 struct Up {
     child: Child,
     /// Kept open: `up` keeps printing, and a closed pipe must not be what stops it.
@@ -128,6 +139,13 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
     assert!(corpus.exists());
     let r = rank(&up.target).await;
     assert_eq!(r.candidates.len(), 10);
+    // Three shards share the machine's cores: each gets its share, at least one.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for &p in &up.pids[..3] {
+        let want = (cores / 3).max(1).to_string();
+        assert_eq!(started_with(p, "--worker-threads"), Some(want), "pid {p}");
+    }
+    assert_eq!(started_with(up.pids[3], "--worker-threads"), None);
 
     // A shard that dies is reported, and the cluster answers without it.
     kill9(up.pids[1]);
@@ -143,8 +161,18 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_with_replicas_survives_a_dead_replica() {
-    let up = start(&["--shards", "2", "--replicas", "2"]);
+    let up = start(&[
+        "--shards",
+        "2",
+        "--replicas",
+        "2",
+        "--shard-worker-threads",
+        "2",
+    ]);
     assert_eq!(up.pids.len(), 5, "2 shards x 2 replicas and a coordinator");
+    for &p in &up.pids[..4] {
+        assert_eq!(started_with(p, "--worker-threads").as_deref(), Some("2"));
+    }
     let full = rank(&up.target).await;
     assert!(full.missing_shards.is_empty());
     // Replica 0 of shard 1 is the second process started.

@@ -85,6 +85,9 @@ pub struct CoordinatorConfig {
     /// RESOURCE_EXHAUSTED instead of queueing into a timeout (load shedding).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_in_flight: usize,
+    /// Async worker threads, on which every request's work runs. Default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Fewer answering shards than this fraction of those called fails a request with
     /// UNAVAILABLE instead of returning a thin answer; 0 accepts any answer.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]

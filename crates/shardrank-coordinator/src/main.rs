@@ -23,9 +23,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     serving::exit_error("shardrank-coordinator", msg)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cfg = CoordinatorConfig::parse();
+    match serving::runtime(cfg.worker_threads.map(usize::from)) {
+        Ok(rt) => rt.block_on(serve(cfg)),
+        Err(e) => fail(format!("starting the runtime: {e}")),
+    }
+}
+
+async fn serve(cfg: CoordinatorConfig) -> ExitCode {
     let otlp = match serving::init_tracing_with(
         cfg.log_format,
         cfg.otlp_endpoint
@@ -59,6 +65,7 @@ async fn main() -> ExitCode {
     let num_shards = shard_urls.len() as u32;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(CoordinatorMetrics::register(&mut registry));
+    serving::register_runtime(&mut registry);
     let mut handles: Vec<Vec<ShardHandle>> = Vec::with_capacity(shard_urls.len());
     for (i, replicas) in shard_urls.iter().enumerate() {
         let mut group = Vec::with_capacity(replicas.len());

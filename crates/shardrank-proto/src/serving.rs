@@ -282,6 +282,32 @@ where
     }
 }
 
+/// The async runtime a server runs on: `workers` threads for gRPC and the work done
+/// inline (a small Rank), or one per core (what the machine, or the container's CPU
+/// quota, allows) when None. Several servers on one machine each want their share of
+/// the cores, not all of them: a message that wakes an idle sibling worker is a futex
+/// wake and a thread switch, and on a VM an interrupt between cores. Blocking work (a
+/// large Rank, loading) has its own pool either way.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
+}
+
+/// Registers `shardrank_runtime_workers`: the async worker threads of the runtime this
+/// is called on, so that an operator can see what `--worker-threads` resolved to.
+pub fn register_runtime(registry: &mut prometheus_client::registry::Registry) {
+    let workers = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    workers.set(tokio::runtime::Handle::current().metrics().num_workers() as i64);
+    registry.register(
+        "shardrank_runtime_workers",
+        "Async worker threads of this process's runtime",
+        workers,
+    );
+}
+
 /// Prints `program: error: msg` and gives the exit code for a configuration or start-up
 /// error (2), the same for every binary.
 pub fn exit_error(program: &str, msg: impl std::fmt::Display) -> std::process::ExitCode {

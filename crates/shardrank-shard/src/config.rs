@@ -37,6 +37,11 @@ pub struct ShardConfig {
     /// another replica) instead of queueing into a timeout.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_in_flight: usize,
+    /// Async worker threads: gRPC, and the small Ranks, which run inline. Default: one
+    /// per core. Shards sharing a machine want its cores divided among them (`shardrank
+    /// up` does that); a large Rank runs on the blocking pool, on every core, either way.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Keep a snapshot of the partition here: loaded at start-up instead of replaying the
     /// source when it matches (layout, source, checksum), written after a rebuild and,
     /// with the live stream, every --snapshot-interval-secs with the stream position.

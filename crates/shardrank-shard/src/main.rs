@@ -17,9 +17,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     serving::exit_error("shardrank-shard", msg)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cfg = ShardConfig::parse();
+    match serving::runtime(cfg.worker_threads.map(usize::from)) {
+        Ok(rt) => rt.block_on(serve(cfg)),
+        Err(e) => fail(format!("starting the runtime: {e}")),
+    }
+}
+
+async fn serve(cfg: ShardConfig) -> ExitCode {
     let otlp = match serving::init_tracing_with(
         cfg.log_format,
         cfg.otlp_endpoint
@@ -80,6 +86,7 @@ async fn main() -> ExitCode {
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ShardMetrics::register(&mut registry);
+    serving::register_runtime(&mut registry);
     metrics.init_labels();
     let admin = Arc::new(admin::Admin {
         registry,
