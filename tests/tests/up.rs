@@ -26,7 +26,7 @@ fn started_with(pid: u32, flag: &str) -> Option<String> {
 }
 
 struct Up {
-    child: Child,
+    child: UpChild,
     /// Kept open: `up` keeps printing, and a closed pipe must not be what stops it.
     _stdout: BufReader<ChildStdout>,
     /// Started processes in the order `up` printed them: shards, then the coordinator.
@@ -76,11 +76,42 @@ fn start(args: &[&str]) -> Up {
         }
     }
     Up {
-        child,
+        child: UpChild(child),
         _stdout: out,
         pids,
         target,
         logs,
+    }
+}
+
+/// `up`'s process: stopped when dropped, so that a test that fails midway leaves no
+/// cluster running.
+struct UpChild(Child);
+
+impl std::ops::Deref for UpChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for UpChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for UpChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            shardrank_tests::send_signal(self.0.id(), "TERM");
+            let t0 = Instant::now();
+            while matches!(self.0.try_wait(), Ok(None)) && t0.elapsed().as_secs() < 15 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -199,5 +230,24 @@ fn up_refuses_what_it_cannot_do() {
         let (code, _, err) = shardrank_tests::run("shardrank", args, Duration::from_secs(30));
         assert_eq!(code, Some(2), "{args:?}");
         assert!(err.contains(names), "{err}");
+    }
+}
+
+/// `up` killed with SIGKILL cannot stop its processes itself: they get SIGTERM from
+/// the kernel when it dies, and exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_up_takes_its_cluster_with_it() {
+    let up = start(&["--shards", "2"]);
+    assert_eq!(up.pids.len(), 3);
+    assert_eq!(rank(&up.target).await.candidates.len(), 10);
+    kill9(up.child.id());
+    let t0 = Instant::now();
+    while up.pids.iter().any(|&p| alive(p)) {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let left: Vec<u32> = up.pids.iter().copied().filter(|&p| alive(p)).collect();
+            left.iter().for_each(|&p| kill9(p));
+            panic!("left behind: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -4,7 +4,8 @@
 //! coordinator is healthy, prints its address and the command to load-test it, and then
 //! watches: a process that exits is reported at once (with its log tail), not hidden;
 //! Ctrl-C or SIGTERM stops every process (SIGTERM, then SIGKILL after the drain time),
-//! and nothing is left behind, even if `up` itself fails (children die with it).
+//! and nothing is left behind, even if `up` itself fails or is killed (its children
+//! get SIGTERM when it dies, whatever killed it).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -123,7 +124,25 @@ fn free_port() -> Result<u16, String> {
 
 fn spawn(bin: &Path, args: &[String], log: PathBuf, name: String) -> Result<Member, String> {
     let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    let parent = std::process::id();
+    // SAFETY: runs in the child between fork and exec, and calls only prctl and
+    // getppid, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // `up` killed by any signal, SIGKILL included (when kill_on_drop cannot
+            // run), still takes its cluster with it: each process drains on SIGTERM.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // `up` died before the prctl: nobody would send the signal.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("shardrank up exited"));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
