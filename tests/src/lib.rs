@@ -340,6 +340,15 @@ impl Cluster {
         let mut shard_args = Vec::new();
         let mut shard_urls = Vec::new();
         let mut shard_admin = Vec::new();
+        // As `shardrank up` does: shards that share the machine get its cores divided
+        // among them, so that every test runs the layout the benchmarks measure.
+        let workers = if shard_flags.contains(&"--worker-threads") {
+            Vec::new()
+        } else {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            let share = (cores / (n * replicas).max(1) as usize).max(1);
+            vec!["--worker-threads".to_string(), share.to_string()]
+        };
         for k in 0..n * replicas {
             let i = k % n;
             let port = free_port();
@@ -356,6 +365,7 @@ impl Cluster {
                 n.to_string(),
             ];
             args.extend(data.iter().cloned());
+            args.extend(workers.iter().cloned());
             args.extend(shard_flags.iter().map(|a| a.to_string()));
             shards.push(Proc::spawn(
                 "shardrank-shard",

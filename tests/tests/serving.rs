@@ -137,9 +137,24 @@ async fn worker_threads_size_each_servers_runtime() {
     assert!(r.missing_shards.is_empty(), "{:?}", r.missing_shards);
     assert_eq!(r.candidates.len(), 10);
 
-    let d = Cluster::start(1, &["--corpus", "tiny"]).await;
+    // Without the flag: one worker per core.
+    let dir = shardrank_tests::scratch_dir("workers");
+    let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+        "--corpus",
+        "tiny",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut shard = shardrank_tests::Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
+    let url = format!("http://127.0.0.1:{port}");
+    wait_serving(&url, "", &mut shard, Duration::from_secs(120)).await;
     let cores = std::thread::available_parallelism().unwrap().get() as f64;
-    let (_, m) = http_get(&format!("{}/metrics", d.shard_admin[0])).await;
+    let (_, m) = http_get(&format!("http://127.0.0.1:{admin}/metrics")).await;
     assert_eq!(workers(&m), Some(cores));
 }
 

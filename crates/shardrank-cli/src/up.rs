@@ -77,7 +77,7 @@ pub struct UpArgs {
 /// cores, at least one. A shard given every core (tokio's default) wakes an idle
 /// sibling worker for each batch it reads and each item it spawns, and with more
 /// shards than cores that is a thread switch per wake-up: at rank-1k, one worker each
-/// instead of two cut the shards' CPU per request by about a tenth (BENCHMARKS.md).
+/// instead of two cut the shards' CPU per request by 6-10% (BENCHMARKS.md).
 pub fn shard_workers(cores: usize, processes: u32) -> u16 {
     let share = cores / (processes.max(1) as usize);
     share.clamp(1, 1024) as u16
