@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod corpus_facts;
 pub mod kafka;
 
+use shardrank_proto::serving;
 use shardrank_proto::v1::coordinator_client::CoordinatorClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -345,8 +346,7 @@ impl Cluster {
         let workers = if shard_flags.contains(&"--worker-threads") {
             Vec::new()
         } else {
-            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-            let share = (cores / (n * replicas).max(1) as usize).max(1);
+            let share = serving::share_of_cores(serving::cores(), n * replicas);
             vec!["--worker-threads".to_string(), share.to_string()]
         };
         for k in 0..n * replicas {

@@ -65,22 +65,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
     /// Async worker threads per shard process. Default: this machine's cores divided
-    /// among the shard processes, at least one each (see `shard_workers`).
+    /// among the shard processes, at least one each (`serving::share_of_cores`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     shard_worker_threads: Option<u16>,
     /// How long to wait for the cluster to be healthy.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     wait_secs: u64,
-}
-
-/// A shard's async workers when `processes` shards share `cores`: its share of the
-/// cores, at least one. A shard given every core (tokio's default) wakes an idle
-/// sibling worker for each batch it reads and each item it spawns, and with more
-/// shards than cores that is a thread switch per wake-up: at rank-1k, one worker each
-/// instead of two cut the shards' CPU per request by 6-10% (BENCHMARKS.md).
-pub fn shard_workers(cores: usize, processes: u32) -> u16 {
-    let share = cores / (processes.max(1) as usize);
-    share.clamp(1, 1024) as u16
 }
 
 /// A file `up` made for its processes, removed when `up` returns.
@@ -284,8 +274,8 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     };
 
     let workers = a.shard_worker_threads.unwrap_or_else(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        shard_workers(cores, a.shards.saturating_mul(a.replicas))
+        let processes = a.shards.saturating_mul(a.replicas);
+        shardrank_proto::serving::share_of_cores(shardrank_proto::serving::cores(), processes)
     });
     say!("each shard runs {workers} async worker thread(s)");
     let mut members = Vec::new();
@@ -418,20 +408,4 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     }
     stop_all(&mut members, Duration::from_secs(15)).await;
     Ok("cluster stopped".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shard_workers;
-
-    #[test]
-    fn shards_divide_the_cores_and_get_at_least_one_worker_each() {
-        assert_eq!(shard_workers(2, 4), 1);
-        assert_eq!(shard_workers(2, 1), 2);
-        assert_eq!(shard_workers(16, 4), 4);
-        assert_eq!(shard_workers(16, 5), 3);
-        assert_eq!(shard_workers(2, 8), 1);
-        assert_eq!(shard_workers(4, 0), 4);
-        assert_eq!(shard_workers(1, u32::MAX), 1);
-    }
 }

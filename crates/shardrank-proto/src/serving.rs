@@ -296,6 +296,22 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
     b.enable_all().build()
 }
 
+/// The async workers for each of `processes` servers that share `cores` (a local
+/// cluster's shards): its share of the cores, at least one. A shard given every core
+/// (tokio's default) wakes an idle sibling worker for each batch it reads and each item
+/// it spawns, and with more shards than cores that is a thread switch per wake-up: at
+/// rank-1k, one worker per shard instead of two cut the shards' CPU per request by
+/// 6-10% (BENCHMARKS.md).
+pub fn share_of_cores(cores: usize, processes: u32) -> u16 {
+    let share = cores / (processes.max(1) as usize);
+    share.clamp(1, 1024) as u16
+}
+
+/// This machine's cores (or the container's CPU quota), at least one.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Registers `shardrank_runtime_workers`: the async worker threads of the runtime this
 /// is called on, so that an operator can see what `--worker-threads` resolved to.
 pub fn register_runtime(registry: &mut prometheus_client::registry::Registry) {
@@ -344,6 +360,17 @@ pub fn request_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_sharing_a_machine_divide_its_cores_and_get_at_least_one_each() {
+        assert_eq!(share_of_cores(2, 4), 1);
+        assert_eq!(share_of_cores(2, 1), 2);
+        assert_eq!(share_of_cores(16, 4), 4);
+        assert_eq!(share_of_cores(16, 5), 3);
+        assert_eq!(share_of_cores(2, 8), 1);
+        assert_eq!(share_of_cores(4, 0), 4);
+        assert_eq!(share_of_cores(1, u32::MAX), 1);
+    }
 
     /// Tests that install a scoped subscriber run one at a time: callsites cache their
     /// interest across every live subscriber, and two tests' filters would meet there.
