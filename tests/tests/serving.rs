@@ -153,7 +153,7 @@ async fn worker_threads_size_each_servers_runtime() {
     let mut shard = shardrank_tests::Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
     let url = format!("http://127.0.0.1:{port}");
     wait_serving(&url, "", &mut shard, Duration::from_secs(120)).await;
-    let cores = std::thread::available_parallelism().unwrap().get() as f64;
+    let cores = shardrank_proto::serving::cores() as f64;
     let (_, m) = http_get(&format!("http://127.0.0.1:{admin}/metrics")).await;
     assert_eq!(workers(&m), Some(cores));
 }

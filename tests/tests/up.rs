@@ -173,8 +173,11 @@ async fn up_runs_a_cluster_reports_deaths_and_stops_cleanly() {
     // Three shards share the machine's cores: each gets its share, at least one.
     let want = shardrank_proto::serving::share_of_cores(shardrank_proto::serving::cores(), 3);
     for &p in &up.pids[..3] {
-        let want = want.to_string();
-        assert_eq!(started_with(p, "--worker-threads"), Some(want), "pid {p}");
+        assert_eq!(
+            started_with(p, "--worker-threads"),
+            Some(want.to_string()),
+            "pid {p}"
+        );
     }
     assert_eq!(started_with(up.pids[3], "--worker-threads"), None);
 
