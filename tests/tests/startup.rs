@@ -79,6 +79,24 @@ fn bad_flags_are_named() {
         &["up", "--shard-worker-threads", "0"],
         "--shard-worker-threads",
     );
+    // Checked at start-up, not when the file is due (a coordinator writes it only once
+    // its shards are up).
+    let no_dir = "--addr-file /nonexistent-dir/x.addr: not a file in an existing directory";
+    assert_fails(
+        "shardrank-shard",
+        &["--addr-file", "/nonexistent-dir/x.addr"],
+        no_dir,
+    );
+    assert_fails(
+        "shardrank-coordinator",
+        &[
+            "--addr-file",
+            "/nonexistent-dir/x.addr",
+            "--shards",
+            "http://127.0.0.1:1",
+        ],
+        no_dir,
+    );
     // Kafka flags: named, checked before anything connects.
     assert_fails(
         "shardrank-shard",

@@ -45,6 +45,11 @@ pub struct CoordinatorConfig {
     /// Default: the --listen host, port + 1000.
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
+    /// Once listening, write the bound addresses here (`grpc=HOST:PORT`, then
+    /// `admin=HOST:PORT`), whole. With port 0 in --listen and --admin-listen, this is how
+    /// whoever started the server learns its ports (`shardrank up` does so).
+    #[arg(long, value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Kafka bootstrap brokers (HOST:PORT[,HOST:PORT...]): build the user store from
@@ -249,6 +254,9 @@ impl CoordinatorConfig {
     }
 
     pub fn validate(&self) -> Result<Vec<Vec<String>>, String> {
+        if let Some(p) = &self.addr_file {
+            shardrank_proto::addr_file::check(p)?;
+        }
         if self.heavy_candidates == 0 {
             return Err("--heavy-candidates must be at least 1".into());
         }

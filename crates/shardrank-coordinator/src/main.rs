@@ -261,6 +261,19 @@ async fn serve(cfg: CoordinatorConfig) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
     };
+    let listen = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
+    };
+    if let Some(path) = &cfg.addr_file {
+        let bound = shardrank_proto::addr_file::BoundAddrs {
+            grpc: listen,
+            admin: admin_bound,
+        };
+        if let Err(e) = bound.write(path) {
+            return fail(e);
+        }
+    }
     for group in &shards {
         tokio::spawn(shard_client::health_loop(
             group.clone(),
@@ -336,7 +349,7 @@ async fn serve(cfg: CoordinatorConfig) -> ExitCode {
         serving::health(shardrank_proto::COORDINATOR_SERVICE, Some(admin)).await;
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
     health.set(true).await;
-    tracing::info!(listen = %cfg.listen, admin = ?admin_bound, "coordinator serving");
+    tracing::info!(%listen, admin = ?admin_bound, "coordinator serving");
     let shutdown = serving::Shutdown::on_signal(health.clone());
     let server = serving::server_builder()
         .layer(admission)

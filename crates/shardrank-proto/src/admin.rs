@@ -112,6 +112,35 @@ pub async fn serve(addr: SocketAddr, admin: Arc<Admin>) -> Result<SocketAddr, St
     Ok(bound)
 }
 
+/// GET `path` from an admin port: its status and body. For supervisors and tests (up
+/// waits on the coordinator's /metrics); a plain HTTP/1.1 request, closed after.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = fetch
+        .await
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET http://{addr}{path}: no complete HTTP response"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("GET http://{addr}{path}: bad status line"))?;
+    Ok((status, body.to_string()))
+}
+
 /// A gRPC code as the label value Prometheus users expect (OK, INVALID_ARGUMENT, ...).
 pub fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -13,6 +13,7 @@ pub mod v1 {
     tonic::include_proto!("shardrank.v1");
 }
 
+pub mod addr_file;
 pub mod admin;
 pub mod admission;
 pub mod codec;

@@ -23,6 +23,11 @@ pub struct ShardConfig {
     /// Default: the --listen host, port + 1000.
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
+    /// Once listening, write the bound addresses here (`grpc=HOST:PORT`, then
+    /// `admin=HOST:PORT`), whole. With port 0 in --listen and --admin-listen, this is how
+    /// whoever started the server learns its ports (`shardrank up` does so).
+    #[arg(long, value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Directory with light.safetensors and heavy.safetensors; the built-in default
@@ -101,6 +106,9 @@ pub struct ShardConfig {
 impl ShardConfig {
     /// Checks what clap cannot: relations between flags.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = &self.addr_file {
+            shardrank_proto::addr_file::check(p)?;
+        }
         if self.max_in_flight == 0 {
             return Err("--max-in-flight must be at least 1".into());
         }

@@ -103,6 +103,21 @@ async fn serve(cfg: ShardConfig) -> ExitCode {
         },
         None => None,
     };
+    let listen = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
+    };
+    // Before loading: a supervisor that passed port 0 learns the ports now, and can
+    // start the coordinator while this shard loads.
+    if let Some(path) = &cfg.addr_file {
+        let bound = shardrank_proto::addr_file::BoundAddrs {
+            grpc: listen,
+            admin: admin_bound,
+        };
+        if let Err(e) = bound.write(path) {
+            return fail(e);
+        }
+    }
     let state = Arc::new(ShardState {
         metrics,
         index: cfg.shard_index,
@@ -115,7 +130,7 @@ async fn serve(cfg: ShardConfig) -> ExitCode {
     let (health, health_service) =
         serving::health(shardrank_proto::SHARD_SERVICE, Some(admin)).await;
     let (reflection_v1, reflection_v1alpha) = serving::reflection();
-    tracing::info!(listen = %cfg.listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), heavy_kernel = shardrank_core::model::heavy::kernel_name(), "shard starting: loading partition");
+    tracing::info!(%listen, admin = ?admin_bound, shard = cfg.shard_index, num_shards = cfg.num_shards, source = %source.describe(), heavy_kernel = shardrank_core::model::heavy::kernel_name(), "shard starting: loading partition");
     // (On aarch64 fused multiply-adds are always in hardware.)
     if cfg!(target_arch = "x86_64") && !shardrank_core::model::heavy::hardware_fma() {
         tracing::warn!("this CPU has no AVX2+FMA: the heavy ranker runs its portable path, whose fused multiply-adds are software (same scores, many times slower)");
