@@ -287,6 +287,25 @@ pub async fn wait_serving(url: &str, service: &str, proc: &mut Proc, timeout: Du
     }
 }
 
+/// The addresses `proc` bound, once it has written them to `path` (its --addr-file).
+pub async fn bound_addrs(proc: &mut Proc, path: &Path) -> shardrank_proto::addr_file::BoundAddrs {
+    let t0 = Instant::now();
+    loop {
+        if let Some(b) = shardrank_proto::addr_file::BoundAddrs::read(path).unwrap() {
+            return b;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "{} exited with {status} before binding:\n{}",
+                proc.name,
+                proc.log_tail()
+            );
+        }
+        assert!(t0.elapsed() < START_TIMEOUT, "{} never bound", proc.name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A coordinator and its shards, on loopback. With replicas, shard process `r * n + i`
 /// is replica r of shard i ([`Cluster::replica`]).
 pub struct Cluster {
@@ -349,16 +368,17 @@ impl Cluster {
             let share = serving::share_of_cores(serving::cores(), n * replicas);
             vec!["--worker-threads".to_string(), share.to_string()]
         };
+        // Every process binds port 0 and reports what it got in its --addr-file (as
+        // `shardrank up` does): ports picked here would race with other processes.
         for k in 0..n * replicas {
             let i = k % n;
-            let port = free_port();
-            let admin_port = free_port();
-            shard_admin.push(format!("http://127.0.0.1:{admin_port}"));
             let mut args = vec![
                 "--listen".to_string(),
-                format!("127.0.0.1:{port}"),
+                "127.0.0.1:0".into(),
                 "--admin-listen".into(),
-                format!("127.0.0.1:{admin_port}"),
+                "127.0.0.1:0".into(),
+                "--addr-file".into(),
+                dir.join(format!("shard-{k}.addr")).display().to_string(),
                 "--shard-index".into(),
                 i.to_string(),
                 "--num-shards".into(),
@@ -373,7 +393,16 @@ impl Cluster {
                 dir.join(format!("shard-{k}.log")),
             ));
             shard_args.push(args);
-            shard_urls.push(format!("http://127.0.0.1:{port}"));
+        }
+        // Shards bind before they load. A restarted shard gets the ports it bound
+        // first: the coordinator knows it by them.
+        for (k, args) in shard_args.iter_mut().enumerate() {
+            let bound = bound_addrs(&mut shards[k], &dir.join(format!("shard-{k}.addr"))).await;
+            let admin = bound.admin.expect("shards have an admin port");
+            args[1] = bound.grpc.to_string();
+            args[3] = admin.to_string();
+            shard_urls.push(format!("http://{}", bound.grpc));
+            shard_admin.push(format!("http://{admin}"));
         }
         // Commas between shards, `|` between the replicas of one.
         let shards_flag = (0..n as usize)
@@ -385,13 +414,14 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let port = free_port();
-        let admin_port = free_port();
+        let addr_file = dir.join("coordinator.addr");
         let mut args = vec![
             "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".into(),
             "--admin-listen".into(),
-            format!("127.0.0.1:{admin_port}"),
+            "127.0.0.1:0".into(),
+            "--addr-file".into(),
+            addr_file.display().to_string(),
             "--shards".into(),
             shards_flag,
         ];
@@ -399,16 +429,13 @@ impl Cluster {
         args.extend(coordinator_args.iter().map(|s| s.to_string()));
         let mut coordinator =
             Proc::spawn("shardrank-coordinator", &args, dir.join("coordinator.log"));
-        let url = format!("http://127.0.0.1:{port}");
-        // A process that dies at start-up fails the test at once, with its log.
+        // The coordinator binds once one replica of each shard is ready. A process
+        // that dies at start-up fails the test at once, with its log.
         let t0 = Instant::now();
-        while Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .is_err()
-            && t0.elapsed() < START_TIMEOUT
-        {
+        let bound = loop {
+            if let Some(b) = shardrank_proto::addr_file::BoundAddrs::read(&addr_file).unwrap() {
+                break b;
+            }
             for s in shards.iter_mut().chain(std::iter::once(&mut coordinator)) {
                 if let Ok(Some(status)) = s.child.try_wait() {
                     panic!(
@@ -418,10 +445,38 @@ impl Cluster {
                     );
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            assert!(t0.elapsed() < START_TIMEOUT, "the coordinator never bound");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let url = format!("http://{}", bound.grpc);
         wait_serving(&url, "", &mut coordinator, START_TIMEOUT).await;
-        let admin = format!("http://127.0.0.1:{admin_port}");
+        let admin = format!("http://{}", bound.admin.expect("an admin port"));
+        // The other replicas join the rotation as their health checks pass: a test
+        // starts with all of them in.
+        if replicas > 1 {
+            let t0 = Instant::now();
+            loop {
+                let (_, m) = http_get(&format!("{admin}/metrics")).await;
+                let up = (0..n)
+                    .flat_map(|i| (0..replicas).map(move |r| (i, r)))
+                    .filter(|(i, r)| {
+                        let series = format!(
+                            "shardrank_coordinator_replica_up{{shard=\"{i}\",replica=\"{r}\"}}"
+                        );
+                        metric(&m, &series) == Some(1.0)
+                    })
+                    .count();
+                if up == (n * replicas) as usize {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < START_TIMEOUT,
+                    "{up} of {} replicas in rotation",
+                    n * replicas
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Cluster {
             shards,
             shard_args,
@@ -514,30 +569,12 @@ pub async fn channel(url: &str) -> Channel {
 
 /// GET `url` over plain HTTP/1.1 (the admin port); returns (status, body).
 pub async fn http_get(url: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let addr = host.parse().expect("an admin URL is http://IP:PORT");
+    shardrank_proto::admin::get(addr, &path).await.unwrap()
 }
 
 /// The value of a metric line `name{labels} value` (labels as written, or none).

@@ -32,6 +32,8 @@ struct Up {
     /// Started processes in the order `up` printed them: shards, then the coordinator.
     pids: Vec<u32>,
     target: String,
+    /// The coordinator's admin URL (/metrics).
+    admin: String,
     logs: ScratchDir,
 }
 
@@ -49,18 +51,20 @@ fn start(args: &[&str]) -> Up {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut pids, mut target) = (Vec::new(), String::new());
+    let (mut pids, mut target, mut admin) = (Vec::new(), String::new(), String::new());
     let t0 = Instant::now();
-    while target.is_empty() {
+    while target.is_empty() || admin.is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "no 'cluster up' line"
         );
         let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "shardrank up ended early"
-        );
+        if out.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait().unwrap();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+            panic!("shardrank up ended early ({status}):\n{err}");
+        }
         if let Some(p) = line.split("(pid ").nth(1) {
             pids.push(p.split(')').next().unwrap().parse::<u32>().unwrap());
         }
@@ -74,12 +78,16 @@ fn start(args: &[&str]) -> Up {
                 .unwrap()
                 .to_string();
         }
+        if let Some(rest) = line.strip_prefix("metrics: coordinator ") {
+            admin = rest.split("/metrics").next().unwrap().to_string();
+        }
     }
     Up {
         child: UpChild(child),
         _stdout: out,
         pids,
         target,
+        admin,
         logs,
     }
 }
@@ -206,6 +214,14 @@ async fn up_with_replicas_survives_a_dead_replica() {
     assert_eq!(up.pids.len(), 5, "2 shards x 2 replicas and a coordinator");
     for &p in &up.pids[..4] {
         assert_eq!(started_with(p, "--worker-threads").as_deref(), Some("2"));
+    }
+    // "cluster up" means every replica in the coordinator's rotation, not only one of
+    // each shard: losing one now must cost nothing.
+    let (_, m) = shardrank_tests::http_get(&format!("{}/metrics", up.admin)).await;
+    for (shard, replica) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let series =
+            format!("shardrank_coordinator_replica_up{{shard=\"{shard}\",replica=\"{replica}\"}}");
+        assert_eq!(shardrank_tests::metric(&m, &series), Some(1.0), "{series}");
     }
     let full = rank(&up.target).await;
     assert!(full.missing_shards.is_empty());

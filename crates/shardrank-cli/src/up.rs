@@ -7,6 +7,7 @@
 //! and nothing is left behind, even if `up` itself fails or is killed (its children
 //! get SIGTERM when it dies, whatever killed it).
 
+use shardrank_proto::addr_file::BoundAddrs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -54,7 +55,8 @@ pub struct UpArgs {
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
     /// The coordinator listens on this port, replica r of shard i on
-    /// port + 1 + r * shards + i; admin ports are these + 1000. 0 picks free ports.
+    /// port + 1 + r * shards + i; admin ports are these + 1000. 0: every process binds
+    /// a free port of its own and reports it (--addr-file in the log directory).
     #[arg(long, default_value_t = 7000)]
     base_port: u16,
     /// Directory holding shardrank-shard and shardrank-coordinator; by default the one
@@ -86,6 +88,8 @@ struct Member {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Where it writes the addresses it bound (--addr-file).
+    addr_file: PathBuf,
 }
 
 fn log_tail(path: &Path) -> String {
@@ -94,25 +98,25 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
-/// A port free now, never one this process handed out before (the kernel may give a
-/// just-released port again, and two members must not race for one).
-fn free_port() -> Result<u16, String> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..100 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| format!("finding a free port: {e}"))?;
-        if !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
+/// Starts `bin` with `args`, logging to `<dir>/<file>.log` and reporting its addresses
+/// in `<dir>/<file>.addr`.
+fn spawn(
+    bin: &Path,
+    mut args: Vec<String>,
+    dir: &Path,
+    file: &str,
+    name: String,
+) -> Result<Member, String> {
+    let log = dir.join(format!("{file}.log"));
+    let addr_file = dir.join(format!("{file}.addr"));
+    // A file left by an earlier `up` in this directory would give old ports.
+    match std::fs::remove_file(&addr_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: {e}", addr_file.display()))
         }
+        _ => {}
     }
-    Err("finding a free port: the kernel kept giving ports already used".into())
-}
-
-fn spawn(bin: &Path, args: &[String], log: PathBuf, name: String) -> Result<Member, String> {
+    args.extend(["--addr-file".into(), addr_file.display().to_string()]);
     let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = Command::new(bin);
     let parent = std::process::id();
@@ -140,7 +144,12 @@ fn spawn(bin: &Path, args: &[String], log: PathBuf, name: String) -> Result<Memb
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    Ok(Member { name, child, log })
+    Ok(Member {
+        name,
+        child,
+        log,
+        addr_file,
+    })
 }
 
 /// SIGTERM to everyone, then SIGKILL to whoever is still there after `drain`.
@@ -184,6 +193,70 @@ async fn first_exit(members: &mut [Member]) -> (usize, std::process::ExitStatus)
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `step`'s result, unless a member exits first: then an error naming it, with the last
+/// lines of its log.
+async fn unless_one_exits<T>(
+    members: &mut [Member],
+    step: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::select! {
+        r = step => r,
+        (i, status) = first_exit(members) => Err(format!(
+            "{} exited during start-up ({status}); last log lines ({}):\n{}",
+            members[i].name, members[i].log.display(), log_tail(&members[i].log)
+        )),
+    }
+}
+
+/// The addresses in `path`, once the process has bound them and written it.
+async fn bound_addrs(path: &Path, deadline: tokio::time::Instant) -> Result<BoundAddrs, String> {
+    loop {
+        if let Some(b) = BoundAddrs::read(path)? {
+            return Ok(b);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no addresses in {} before --wait-secs ran out",
+                path.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `shardrank_coordinator_replica_up` series of a coordinator's /metrics that are 0: replicas
+/// it has out of rotation.
+fn out_of_rotation(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("shardrank_coordinator_replica_up"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(_, v)| v.trim().parse::<f64>() == Ok(0.0))
+        .map(|(labels, _)| labels)
+        .collect()
+}
+
+/// Waits until the coordinator at `admin` has every replica in rotation.
+async fn all_replicas_in_rotation(
+    admin: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    loop {
+        let (_, metrics) = shardrank_proto::admin::get(admin, "/metrics").await?;
+        let out = out_of_rotation(&metrics);
+        if out.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "replicas still out of the coordinator's rotation when --wait-secs ran out: {}",
+                out.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -260,18 +333,25 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     if let Some(m) = &a.model_dir {
         data.extend(["--model-dir".into(), m.display().to_string()]);
     }
-    let port = |i: u16| -> Result<u16, String> {
+    // With --base-port 0 every process binds port 0 and reports the port it got in its
+    // --addr-file: picking free ports here and passing them would race with every other
+    // process on the machine for them.
+    let ports = |offset: u16| -> Result<(u16, u16), String> {
         if a.base_port == 0 {
-            free_port()
-        } else {
-            a.base_port.checked_add(i).ok_or_else(|| {
-                format!(
-                    "--base-port {} leaves no room for {} shards",
-                    a.base_port, a.shards
-                )
-            })
+            return Ok((0, 0));
         }
+        let p = a.base_port.checked_add(offset).ok_or_else(|| {
+            format!(
+                "--base-port {} leaves no room for {} shards",
+                a.base_port, a.shards
+            )
+        })?;
+        let admin = p
+            .checked_add(1000)
+            .ok_or("--base-port too high for admin ports (+1000)")?;
+        Ok((p, admin))
     };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait_secs);
 
     let workers = a.shard_worker_threads.unwrap_or_else(|| {
         let processes = a.shards.saturating_mul(a.replicas);
@@ -279,25 +359,17 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     });
     say!("each shard runs {workers} async worker thread(s)");
     let mut members = Vec::new();
-    let mut urls: Vec<Vec<String>> = vec![Vec::new(); a.shards as usize];
+    let mut shard_of = Vec::new();
     for r in 0..a.replicas {
         for i in 0..a.shards {
             let offset = u16::try_from(1 + r * a.shards + i)
                 .map_err(|_| "--shards x --replicas leaves no room for ports".to_string())?;
-            let p = port(offset)?;
+            let (p, admin) = ports(offset)?;
             let mut args = vec![
                 "--listen".to_string(),
                 format!("127.0.0.1:{p}"),
                 "--admin-listen".into(),
-                format!(
-                    "127.0.0.1:{}",
-                    if a.base_port == 0 {
-                        free_port()?
-                    } else {
-                        p.checked_add(1000)
-                            .ok_or("--base-port too high for admin ports (+1000)")?
-                    }
-                ),
+                format!("127.0.0.1:{admin}"),
                 "--shard-index".into(),
                 i.to_string(),
                 "--num-shards".into(),
@@ -309,31 +381,38 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
             if let Some(d) = &a.snapshot_dir {
                 args.extend(["--snapshot-dir".into(), d.display().to_string()]);
             }
-            let (log, name) = if a.replicas == 1 {
-                (format!("shard-{i}.log"), format!("shard {i}"))
+            let (file, name) = if a.replicas == 1 {
+                (format!("shard-{i}"), format!("shard {i}"))
             } else {
-                (
-                    format!("shard-{i}-r{r}.log"),
-                    format!("shard {i} replica {r}"),
-                )
+                (format!("shard-{i}-r{r}"), format!("shard {i} replica {r}"))
             };
-            let m = spawn(&shard_bin, &args, log_dir.join(log), name.clone())?;
-            let url = format!("http://127.0.0.1:{p}");
-            say!(
-                "started {name} (pid {}) on {url}",
-                m.child.id().unwrap_or(0)
-            );
-            members.push(m);
-            urls[i as usize].push(url);
+            members.push(spawn(&shard_bin, args, &log_dir, &file, name)?);
+            shard_of.push(i as usize);
         }
     }
-    let cp = port(0)?;
-    let admin_port = if a.base_port == 0 {
-        free_port()?
-    } else {
-        cp.checked_add(1000)
-            .ok_or("--base-port too high for admin ports (+1000)")?
-    };
+    // Shards bind before they load: their addresses come at once, and the coordinator
+    // starts while they load.
+    let mut urls: Vec<Vec<String>> = vec![Vec::new(); a.shards as usize];
+    let mut shard_admins = Vec::new();
+    for k in 0..members.len() {
+        let path = members[k].addr_file.clone();
+        let bound = match unless_one_exits(&mut members, bound_addrs(&path, deadline)).await {
+            Ok(b) => b,
+            Err(e) => {
+                stop_all(&mut members, Duration::from_secs(5)).await;
+                return Err(e);
+            }
+        };
+        let url = format!("http://{}", bound.grpc);
+        say!(
+            "started {} (pid {}) on {url}",
+            members[k].name,
+            members[k].child.id().unwrap_or(0)
+        );
+        urls[shard_of[k]].push(url);
+        shard_admins.extend(bound.admin);
+    }
+    let (cp, admin_port) = ports(0)?;
     let mut args = vec![
         "--listen".to_string(),
         format!("127.0.0.1:{cp}"),
@@ -348,28 +427,39 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     args.extend(data.iter().cloned());
     members.push(spawn(
         &coord_bin,
-        &args,
-        log_dir.join("coordinator.log"),
+        args,
+        &log_dir,
+        "coordinator",
         "coordinator".into(),
     )?);
-    let target = format!("http://127.0.0.1:{cp}");
+
+    // Healthy with every replica in rotation, or a member died, or the wait ran out. The
+    // coordinator binds once one replica of each shard is ready; it takes the others
+    // into rotation as their health checks pass, and "up" means all of them.
+    let coordinator = members.len() - 1;
+    let path = members[coordinator].addr_file.clone();
+    let ready = async {
+        let bound = bound_addrs(&path, deadline).await?;
+        let target = format!("http://{}", bound.grpc);
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        crate::rank::wait_serving(&target, shardrank_proto::COORDINATOR_SERVICE, within).await?;
+        let admin = bound
+            .admin
+            .ok_or("the coordinator reported no admin address")?;
+        all_replicas_in_rotation(admin, deadline).await?;
+        Ok((target, admin))
+    };
+    let (target, admin) = match unless_one_exits(&mut members, ready).await {
+        Ok(t) => t,
+        Err(e) => {
+            stop_all(&mut members, Duration::from_secs(5)).await;
+            return Err(e);
+        }
+    };
     say!(
         "started coordinator (pid {}) on {target}",
-        members.last().and_then(|m| m.child.id()).unwrap_or(0)
+        members[coordinator].child.id().unwrap_or(0)
     );
-
-    // Healthy, or a member died, or the wait ran out.
-    let healthy = tokio::select! {
-        r = crate::rank::wait_serving(&target, shardrank_proto::COORDINATOR_SERVICE, Duration::from_secs(a.wait_secs)) => r.map(|_| ()),
-        (i, status) = first_exit(&mut members) => Err(format!(
-            "{} exited during start-up ({status}); last log lines ({}):\n{}",
-            members[i].name, members[i].log.display(), log_tail(&members[i].log)
-        )),
-    };
-    if let Err(e) = healthy {
-        stop_all(&mut members, Duration::from_secs(5)).await;
-        return Err(e);
-    }
     say!(
         "cluster up in {:.2} s: coordinator {target} ({} shards x {} replicas, {}), logs in {}",
         t0.elapsed().as_secs_f64(),
@@ -383,7 +473,14 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
             )),
         log_dir.display()
     );
-    say!("metrics: http://127.0.0.1:{admin_port}/metrics (shards: their gRPC port + 1000)");
+    let shard_metrics: Vec<String> = shard_admins
+        .iter()
+        .map(|a| format!("http://{a}/metrics"))
+        .collect();
+    say!(
+        "metrics: coordinator http://{admin}/metrics, shards {}",
+        shard_metrics.join(" ")
+    );
     say!("load-test it: shardrank-loadtest --target {target} --workload rank-1k --concurrency 8 --duration 15s --warmup 3s");
     say!("stop it: Ctrl-C (or SIGTERM to pid {})", std::process::id());
 
@@ -408,4 +505,24 @@ pub async fn run(a: UpArgs) -> Result<String, String> {
     }
     stop_all(&mut members, Duration::from_secs(15)).await;
     Ok("cluster stopped".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_out_of_rotation_are_read_from_the_coordinators_metrics() {
+        let metrics = "# HELP shardrank_coordinator_replica_up Replica in rotation.\n\
+            # TYPE shardrank_coordinator_replica_up gauge\n\
+            shardrank_coordinator_replica_up{shard=\"0\",replica=\"0\"} 1\n\
+            shardrank_coordinator_replica_up{shard=\"0\",replica=\"1\"} 0\n\
+            shardrank_coordinator_replica_ejections_total{shard=\"0\",replica=\"1\"} 0\n\
+            shardrank_coordinator_replica_up{shard=\"1\",replica=\"0\"} 1\n";
+        assert_eq!(
+            out_of_rotation(metrics),
+            vec!["{shard=\"0\",replica=\"1\"}"]
+        );
+        assert!(out_of_rotation(&metrics.replace("} 0\n", "} 1\n")).is_empty());
+    }
 }
