@@ -277,7 +277,7 @@ impl Ranker {
             tokio::task::spawn_blocking(move || {
                 let ids = &req.candidate_ids;
                 if ids.len() >= PARALLEL_ROUTING {
-                    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+                    let cores = shardrank_proto::serving::cores();
                     routing::partition_parallel(ids, n, cores.min(MAX_ROUTING_THREADS))
                 } else {
                     routing::partition(ids, n)

@@ -309,7 +309,10 @@ pub fn share_of_cores(cores: usize, processes: u32) -> u16 {
 
 /// This machine's cores (or the container's CPU quota), at least one.
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // Asked once: std reads the cgroup's CPU quota from /proc and /sys at every call,
+    // and a large Rank asks on its way to routing.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Registers `shardrank_runtime_workers`: the async worker threads of the runtime this
