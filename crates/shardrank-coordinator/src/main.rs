@@ -14,7 +14,7 @@ use shardrank_coordinator::timeline::Timeline;
 use shardrank_coordinator::users::UserStore;
 use shardrank_core::model::Models;
 use shardrank_proto::v1::coordinator_server::CoordinatorServer;
-use shardrank_proto::{admin, serving};
+use shardrank_proto::{addr_file, admin, serving};
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -261,19 +261,10 @@ async fn serve(cfg: CoordinatorConfig) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
     };
-    let listen = match listener.local_addr() {
+    let listen = match addr_file::report(cfg.addr_file.as_deref(), &listener, admin_bound) {
         Ok(a) => a,
-        Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
+        Err(e) => return fail(e),
     };
-    if let Some(path) = &cfg.addr_file {
-        let bound = shardrank_proto::addr_file::BoundAddrs {
-            grpc: listen,
-            admin: admin_bound,
-        };
-        if let Err(e) = bound.write(path) {
-            return fail(e);
-        }
-    }
     for group in &shards {
         tokio::spawn(shard_client::health_loop(
             group.clone(),

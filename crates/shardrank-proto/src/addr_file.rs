@@ -76,6 +76,22 @@ impl BoundAddrs {
     }
 }
 
+/// The address `listener` is bound to; with `path` (--addr-file), written there with
+/// `admin`'s. What both servers do once both of their listeners are bound.
+pub fn report(
+    path: Option<&Path>,
+    listener: &tokio::net::TcpListener,
+    admin: Option<SocketAddr>,
+) -> Result<SocketAddr, String> {
+    let grpc = listener
+        .local_addr()
+        .map_err(|e| format!("the gRPC listener's address: {e}"))?;
+    if let Some(path) = path {
+        BoundAddrs { grpc, admin }.write(path)?;
+    }
+    Ok(grpc)
+}
+
 /// Checks a `--addr-file` path at start-up, before anything is bound or loaded: its
 /// directory must exist (a coordinator only writes the file once its shards are up).
 pub fn check(path: &Path) -> Result<(), String> {

@@ -4,7 +4,7 @@
 use clap::Parser;
 use shardrank_core::model::Models;
 use shardrank_proto::v1::shard_server::ShardServer;
-use shardrank_proto::{admin, serving};
+use shardrank_proto::{addr_file, admin, serving};
 use shardrank_shard::config::ShardConfig;
 use shardrank_shard::ingest;
 use shardrank_shard::metrics::ShardMetrics;
@@ -103,21 +103,12 @@ async fn serve(cfg: ShardConfig) -> ExitCode {
         },
         None => None,
     };
-    let listen = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => return fail(format!("--listen {}: {e}", cfg.listen)),
-    };
     // Before loading: a supervisor that passed port 0 learns the ports now, and can
     // start the coordinator while this shard loads.
-    if let Some(path) = &cfg.addr_file {
-        let bound = shardrank_proto::addr_file::BoundAddrs {
-            grpc: listen,
-            admin: admin_bound,
-        };
-        if let Err(e) = bound.write(path) {
-            return fail(e);
-        }
-    }
+    let listen = match addr_file::report(cfg.addr_file.as_deref(), &listener, admin_bound) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
     let state = Arc::new(ShardState {
         metrics,
         index: cfg.shard_index,
