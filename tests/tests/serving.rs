@@ -139,22 +139,25 @@ async fn worker_threads_size_each_servers_runtime() {
 
     // Without the flag: one worker per core.
     let dir = shardrank_tests::scratch_dir("workers");
-    let (port, admin) = (shardrank_tests::free_port(), shardrank_tests::free_port());
+    let addr_file = dir.join("shard.addr");
     let args: Vec<String> = [
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--admin-listen",
-        &format!("127.0.0.1:{admin}"),
+        "127.0.0.1:0",
+        "--addr-file",
+        addr_file.to_str().unwrap(),
         "--corpus",
         "tiny",
     ]
     .map(String::from)
     .to_vec();
     let mut shard = shardrank_tests::Proc::spawn("shardrank-shard", &args, dir.join("shard.log"));
-    let url = format!("http://127.0.0.1:{port}");
+    let bound = shardrank_tests::bound_addrs(&mut shard, &addr_file).await;
+    let url = format!("http://{}", bound.grpc);
     wait_serving(&url, "", &mut shard, Duration::from_secs(120)).await;
     let cores = shardrank_proto::serving::cores() as f64;
-    let (_, m) = http_get(&format!("http://127.0.0.1:{admin}/metrics")).await;
+    let (_, m) = http_get(&format!("http://{}/metrics", bound.admin.unwrap())).await;
     assert_eq!(workers(&m), Some(cores));
 }
 
